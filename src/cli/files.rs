@@ -1,0 +1,63 @@
+//! Input discovery and safe output: no silent overwrites, no half-written files.
+
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Expand inputs: files as given, directories to their files in name order.
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for input in inputs {
+        let meta = std::fs::metadata(input).with_context(|| format!("{}: cannot read", input.display()))?;
+        if meta.is_dir() {
+            let mut files = vec![];
+            for entry in std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))? {
+                let path = entry?.path();
+                ensure!(path.is_file(), "{}: not a file (directories are not searched recursively)", path.display());
+                files.push(path);
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(input.clone());
+        }
+    }
+    ensure!(!out.is_empty(), "no input files found");
+    Ok(out)
+}
+
+/// Segments are restored by name, so two inputs may not share one.
+pub fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for n in names {
+        ensure!(seen.insert(n), "two inputs are named {n:?}: segments are restored by file name, which must be unique");
+    }
+    Ok(())
+}
+
+pub fn check_writable(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{}: already exists (use --force to replace it)", path.display());
+    }
+    Ok(())
+}
+
+/// Write `bytes` to a temporary file beside `path`, then rename it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    check_writable(path, force)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("{}: cannot write", path.display()))
+}

@@ -1,0 +1,173 @@
+//! The `cvq` command line: thin glue over the library.
+
+mod bench;
+mod files;
+
+use crate::archive;
+use crate::data::{read_segment_file, TOKENS_PER_FRAME};
+use crate::pipeline::{archive_model, decode_entry, encode_segment};
+use crate::predict::Model;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "cvq", version, about = "Lossless compressor for commaVQ driving-video tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compress .npy token segments (files, or directories of them) into one archive.
+    Compress {
+        /// .npy files, or directories whose files are all .npy segments.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+    /// Restore every segment of an archive into a directory, byte for byte.
+    Decompress {
+        archive: PathBuf,
+        /// Directory to write the segments into (created if missing).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+    /// Report bits per token for each segment without writing anything.
+    Eval {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+    },
+    /// Measure bits per token, coder overhead and speed both ways on real segments.
+    Bench {
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct RunOpts {
+    /// Worker threads (default: all cores). The output never depends on it.
+    #[arg(short = 'j', long)]
+    threads: Option<usize>,
+    /// Replace existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Compress { inputs, output, run } => with_threads(run.threads, || compress(&inputs, &output, run.force)),
+        Command::Decompress { archive, output, run } => {
+            with_threads(run.threads, || decompress(&archive, &output, run.force))
+        }
+        Command::Eval { inputs, threads } => with_threads(threads, || eval(&inputs)),
+        Command::Bench { inputs } => bench::run(&files::collect_inputs(&inputs)?),
+    }
+}
+
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+    pool.install(f)
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})")
+        .expect("valid template")
+        .progress_chars("=> ");
+    ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
+}
+
+/// The closing line of every command that codes tokens.
+fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, secs: f64) -> String {
+    let bits = archive_bytes as f64 * 8.0 / tokens.max(1) as f64;
+    format!(
+        "{verb} {segments} segments, {tokens} tokens, {archive_bytes} archive bytes: {bits:.4} bits/token, rate {:.3}, {:.0} tokens/s",
+        10.0 / bits,
+        tokens as f64 / secs
+    )
+}
+
+fn compress(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
+    files::check_writable(output, force)?;
+    let paths = files::collect_inputs(inputs)?;
+    let model = Model::ContextMix;
+    let start = Instant::now();
+    let bar = progress(paths.len(), "compress");
+    let coded = paths
+        .par_iter()
+        .map(|p| {
+            let seg = read_segment_file(p)?;
+            let coded = encode_segment(model, &seg).with_context(|| format!("{}", p.display()));
+            bar.inc(1);
+            coded
+        })
+        .collect::<Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    files::check_unique_names(coded.iter().map(|c| c.name.as_str()))?;
+    let bytes = archive::write(&model.id(), &coded);
+    files::write_atomic(output, &bytes, force)?;
+    let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
+    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn decompress(archive_path: &Path, dir: &Path, force: bool) -> Result<()> {
+    let bytes = std::fs::read(archive_path).with_context(|| format!("{}: cannot read", archive_path.display()))?;
+    let archive = archive::parse(&bytes).with_context(|| format!("{}", archive_path.display()))?;
+    archive_model(&archive).with_context(|| format!("{}", archive_path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
+    for t in &targets {
+        files::check_writable(t, force)?;
+    }
+    let start = Instant::now();
+    let bar = progress(targets.len(), "decompress");
+    (0..targets.len()).into_par_iter().try_for_each(|i| -> Result<()> {
+        let seg = decode_entry(&archive, i).with_context(|| format!("{}", archive_path.display()))?;
+        files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
+        bar.inc(1);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
+    eprintln!("{}", summary("decompressed", targets.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn eval(inputs: &[PathBuf]) -> Result<()> {
+    let paths = files::collect_inputs(inputs)?;
+    let model = Model::ContextMix;
+    let start = Instant::now();
+    let bar = progress(paths.len(), "eval");
+    let rows = paths
+        .par_iter()
+        .map(|p| {
+            let seg = read_segment_file(p)?;
+            let coded = encode_segment(model, &seg)?;
+            bar.inc(1);
+            Ok((seg.name, seg.tokens.len(), coded.payload.len()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    bar.finish_and_clear();
+    println!("{:<48} {:>10} {:>10} {:>10}", "segment", "tokens", "bytes", "bits/token");
+    for (name, tokens, bytes) in &rows {
+        println!("{name:<48} {tokens:>10} {bytes:>10} {:>10.4}", *bytes as f64 * 8.0 / *tokens.max(&1) as f64);
+    }
+    let tokens = rows.iter().map(|r| r.1).sum();
+    let bytes = rows.iter().map(|r| r.2).sum();
+    println!("{}", summary("evaluated", rows.len(), tokens, bytes, start.elapsed().as_secs_f64()));
+    Ok(())
+}

@@ -1,0 +1,6 @@
+fn main() {
+    if let Err(e) = cvq::cli::main() {
+        eprintln!("cvq: error: {e:#}");
+        std::process::exit(1);
+    }
+}

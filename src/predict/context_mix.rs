@@ -1,0 +1,246 @@
+//! Adaptive context mixing (PAQ-style), in integer arithmetic.
+//!
+//! Each token is coded as ten binary decisions, most significant bit first: the 1023 inner
+//! nodes of a binary tree over the 1024 values. For every decision, each context model looks
+//! up an adaptive bit probability under its context (neighbouring tokens in this and the
+//! previous frames), and a logistic mixer (one weight set per tree depth) combines them. The
+//! frequency table is the tree's leaves: each node splits its integer share of the total
+//! between its two subtrees by the mixed probability, keeping at least one unit per leaf.
+
+use super::logistic::{squash, Stretch};
+use super::{Interval, Predictor, TOTAL};
+use crate::data::TOKENS_PER_FRAME;
+
+/// Hashed into the archive's model id: change it whenever the bitstream would change.
+pub const ID: &[u8] = b"cvq context-mix 1";
+
+const DEPTH: usize = 10;
+/// The tree is cut into two levels of 5 decisions; each (context, level, prefix) owns a slot
+/// of 32 counters, so one token touches two cache lines per model.
+const SLOT_BITS: u32 = 5;
+const LEVELS: usize = DEPTH / SLOT_BITS as usize;
+const N_MODELS: usize = 14;
+const N_INPUTS: usize = N_MODELS + 1;
+/// Value standing for "no token here" (outside the frame or before the first frame).
+const NONE: u64 = 1024;
+/// Counters adapt at rate 1/(n + 1.5) until n reaches this, then stay at that rate
+/// (tuned on the clip: 12-30 code within 0.01 bits/token of each other).
+const COUNT_LIMIT: u32 = 16;
+/// Mixer learning rate: weights move by input * error * MIX_RATE / 2^16.
+const MIX_RATE: i32 = 8;
+/// Initial mixer weight (1/8 in 16.16 fixed point): the models start out trusted a little.
+const INITIAL_WEIGHT: i32 = 1 << 13;
+/// Largest counter table per model, in bits of entries (16 MiB of u32). Larger tables code
+/// better (2^23: 5.90 bits/token on the clip, 2^24: 5.87) at 2-4x the memory.
+const MAX_TABLE_BITS: u32 = 22;
+
+/// One counter: a 22-bit probability of a 1 bit and a 10-bit count of updates.
+type Counter = u32;
+const HALF: Counter = 1 << 31;
+
+pub struct ContextMix {
+    history: Vec<u16>,
+    stretch: Stretch,
+    /// Counter tables of all models, `1 << table_bits` counters each.
+    counters: Vec<Counter>,
+    table_bits: u32,
+    /// Mixer weights (16.16 fixed point), one set per tree depth.
+    weights: [[i32; N_INPUTS]; DEPTH],
+    /// Context keys of the next token (valid while `keys_for == history.len()`).
+    keys: [u64; N_MODELS],
+    keys_for: usize,
+    /// The decisions computed for `path_token` by the last walk, kept for `update`.
+    path: [Decision; DEPTH],
+    path_token: Option<u16>,
+    /// The slots of the current token at each level (level 1 depends on the path).
+    slots: [[Slot; N_MODELS]; LEVELS],
+}
+
+/// A slot of `1 << SLOT_BITS` counters; its first entry holds the owning context's check.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    base: usize,
+    check: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Decision {
+    inputs: [i32; N_INPUTS],
+    /// Mixed probability of a 1 bit, 12-bit.
+    p: i32,
+    counters: [usize; N_MODELS],
+}
+
+impl ContextMix {
+    /// A fresh model for a segment of `tokens` tokens; the tables grow with the segment, so
+    /// small segments stay cheap (the size is part of the bitstream: see FORMAT.md).
+    pub fn new(tokens: usize) -> Self {
+        let table_bits = (usize::BITS - tokens.leading_zeros() + 4).clamp(12, MAX_TABLE_BITS);
+        ContextMix {
+            history: Vec::with_capacity(tokens),
+            stretch: Stretch::new(),
+            // Zeroed memory is mapped lazily: untouched parts of the tables cost nothing.
+            counters: vec![0; N_MODELS << table_bits],
+            table_bits,
+            weights: [[INITIAL_WEIGHT; N_INPUTS]; DEPTH],
+            keys: [0; N_MODELS],
+            keys_for: usize::MAX,
+            path: [Decision::default(); DEPTH],
+            path_token: None,
+            slots: [[Slot::default(); N_MODELS]; LEVELS],
+        }
+    }
+
+    /// Context keys for the next token: up to five neighbour values packed 11 bits apart,
+    /// with the model's index in the low bits so that models never share a key.
+    fn contexts(&self) -> [u64; N_MODELS] {
+        let h = &self.history;
+        let i = h.len();
+        let k = i % TOKENS_PER_FRAME;
+        let (r, c) = ((k / 16) as isize, (k % 16) as isize);
+        // Token `back` frames before this one at row r+dr, column c+dc.
+        let at = |back: usize, dr: isize, dc: isize| -> u64 {
+            let (rr, cc) = (r + dr, c + dc);
+            let inside = (0..8).contains(&rr) && (0..16).contains(&cc);
+            let base = (i - k) as isize - (back * TOKENS_PER_FRAME) as isize;
+            if !inside || base < 0 {
+                return NONE;
+            }
+            u64::from(h[(base + rr * 16 + cc) as usize])
+        };
+        let p = |dr, dc| at(1, dr, dc);
+        let (left, up) = (at(0, 0, -1), at(0, -1, 0));
+        let (up_left, up_right) = (at(0, -1, -1), at(0, -1, 1));
+        let same = p(0, 0);
+        let pos = k as u64;
+        let keys: [&[u64]; N_MODELS] = [
+            &[pos],
+            &[same],
+            &[same, pos],
+            &[p(0, -1), same, p(0, 1)],
+            &[p(-1, 0), same, p(1, 0)],
+            &[same, p(-1, 0), p(1, 0), p(0, -1), p(0, 1)],
+            &[left, up],
+            &[same, left],
+            &[same, up],
+            &[same, left, up],
+            &[same, at(2, 0, 0)],
+            &[left, up, up_left, up_right],
+            &[left],
+            &[up],
+        ];
+        let mut out = [0u64; N_MODELS];
+        for (m, vals) in keys.iter().enumerate() {
+            out[m] = vals.iter().fold(m as u64, |acc, &v| (acc << 11) | v);
+        }
+        out
+    }
+
+    /// Model `m`'s counter slot for context `key` at the tree level entered at `node`.
+    fn slot(&self, m: usize, key: u64, node: usize) -> Slot {
+        let h = mix64(key ^ mix64(node as u64 + ((m as u64) << 16)));
+        let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize;
+        Slot { base: (m << self.table_bits) | (index << SLOT_BITS), check: h as u32 | 1 }
+    }
+
+    /// Walk the tree from the root, choosing each bit with `choose(start_of_one_branch, depth)`;
+    /// returns the leaf reached and its interval, and records the decisions in `path`.
+    /// Reads the model only: `update` is the one place that learns.
+    fn walk(&mut self, choose: impl Fn(u32, usize) -> bool) -> (u16, Interval) {
+        if self.keys_for != self.history.len() {
+            self.keys = self.contexts();
+            self.keys_for = self.history.len();
+        }
+        let (mut start, mut total) = (0u32, TOTAL);
+        let mut node = 1usize;
+        for d in 0..DEPTH {
+            let (level, j) = (d / SLOT_BITS as usize, d % SLOT_BITS as usize);
+            if j == 0 {
+                // Level 0 slots hang off the context alone, level 1 slots off the top 5 bits too.
+                for m in 0..N_MODELS {
+                    self.slots[level][m] = self.slot(m, self.keys[m], node);
+                }
+            }
+            let local = (node & ((1 << j) - 1)) | (1 << j);
+            let dec = &mut self.path[d];
+            for (m, slot) in self.slots[level].iter().enumerate() {
+                dec.counters[m] = slot.base + local;
+                // A slot holding another context's counters reads as fresh.
+                let owned = self.counters[slot.base] == slot.check;
+                let p12 = if owned { self.counters[dec.counters[m]] >> 20 } else { 2048 };
+                dec.inputs[m] = self.stretch.get(p12);
+            }
+            dec.inputs[N_MODELS] = 256;
+            let dot: i64 = dec.inputs.iter().zip(&self.weights[d]).map(|(&x, &w)| i64::from(x) * i64::from(w)).sum();
+            dec.p = squash((dot >> 16) as i32);
+            // Split `total` between the 0 and 1 subtrees, at least one unit per leaf.
+            let half_leaves = 512u32 >> d;
+            let ones = ((u64::from(total) * dec.p as u64) >> 12) as u32;
+            let ones = ones.clamp(half_leaves, total - half_leaves);
+            let zeros = total - ones;
+            let bit = choose(start + zeros, d);
+            if bit {
+                start += zeros;
+                total = ones;
+            } else {
+                total = zeros;
+            }
+            node = node * 2 + bit as usize;
+        }
+        let token = (node - 1024) as u16;
+        self.path_token = Some(token);
+        (token, Interval { start, freq: total })
+    }
+}
+
+impl Predictor for ContextMix {
+    fn interval(&mut self, token: u16) -> Interval {
+        self.walk(|_, d| token >> (9 - d) & 1 == 1).1
+    }
+
+    fn find(&mut self, target: u32) -> (u16, Interval) {
+        self.walk(|one_start, _| target >= one_start)
+    }
+
+    fn update(&mut self, token: u16) {
+        if self.path_token != Some(token) {
+            self.interval(token);
+        }
+        // Claim slots owned by other contexts (or never used) for this token's contexts.
+        for slot in self.slots.iter().flatten() {
+            if self.counters[slot.base] != slot.check {
+                self.counters[slot.base] = slot.check;
+                self.counters[slot.base + 1..slot.base + (1 << SLOT_BITS)].fill(HALF);
+            }
+        }
+        for d in 0..DEPTH {
+            let bit = i32::from(token >> (9 - d) & 1);
+            let dec = &self.path[d];
+            for &c in &dec.counters {
+                self.counters[c] = learn_counter(self.counters[c], bit);
+            }
+            let err = ((bit << 12) - dec.p) * MIX_RATE;
+            for (w, &x) in self.weights[d].iter_mut().zip(&dec.inputs) {
+                *w += (x * err + (1 << 15)) >> 16;
+            }
+        }
+        self.history.push(token);
+        self.path_token = None;
+    }
+}
+
+/// Move a counter's probability toward `bit` by 1/(n + 1.5) of the gap.
+fn learn_counter(c: Counter, bit: i32) -> Counter {
+    let n = c & 1023;
+    let p = (c >> 10) as i64;
+    let target = if bit == 1 { (1 << 22) - 1 } else { 0 };
+    let p = p + (target - p) * 2 / (2 * n as i64 + 3);
+    ((p as u32) << 10) | (n + 1).min(COUNT_LIMIT)
+}
+
+/// A 64-bit finaliser (splitmix64): spreads keys over the table.
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
