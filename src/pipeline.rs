@@ -32,7 +32,12 @@ pub fn encode_segment(model: Model, seg: &Segment) -> Result<CodedSegment> {
 /// The predictor that wrote `archive`, or a clear refusal.
 pub fn archive_model(archive: &Archive) -> Result<Model> {
     Model::from_id(&archive.model_id).with_context(|| {
-        let hex: String = archive.model_id.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let hex: String = archive
+            .model_id
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("archive was written with a model this cvq does not have (id {hex}...)")
     })
 }
@@ -44,23 +49,40 @@ pub fn decode_entry(archive: &Archive, i: usize) -> Result<Segment> {
         let model = archive_model(archive)?;
         let header = archive.headers[e.header];
         let (_, frames) = parse_header(header).context("stored npy header")?;
-        ensure!(frames == e.frames, "index says {} frames, its npy header {frames}", e.frames);
+        ensure!(
+            frames == e.frames,
+            "index says {} frames, its npy header {frames}",
+            e.frames
+        );
         let count = frames * TOKENS_PER_FRAME;
         let tokens = decode_tokens(archive.payload(e), count, model.predictor(count).as_mut())?;
-        ensure!(archive::token_checksum(&tokens) == e.checksum, "checksum mismatch: the data is corrupt");
-        Ok(Segment { name: e.name.clone(), header: header.to_vec(), tokens })
+        ensure!(
+            archive::token_checksum(&tokens) == e.checksum,
+            "checksum mismatch: the data is corrupt"
+        );
+        Ok(Segment {
+            name: e.name.clone(),
+            header: header.to_vec(),
+            tokens,
+        })
     };
     inner().with_context(|| format!("segment {i} ({})", e.name))
 }
 
 /// Compress segments in memory (in parallel on the current rayon pool).
 pub fn compress_segments(model: Model, segments: &[Segment]) -> Result<Vec<u8>> {
-    let coded = segments.par_iter().map(|s| encode_segment(model, s)).collect::<Result<Vec<_>>>()?;
+    let coded = segments
+        .par_iter()
+        .map(|s| encode_segment(model, s))
+        .collect::<Result<Vec<_>>>()?;
     Ok(archive::write(&model.id(), &coded))
 }
 
 /// Decompress a whole archive in memory.
 pub fn decompress_segments(bytes: &[u8]) -> Result<Vec<Segment>> {
     let archive = archive::parse(bytes)?;
-    (0..archive.entries.len()).into_par_iter().map(|i| decode_entry(&archive, i)).collect()
+    (0..archive.entries.len())
+        .into_par_iter()
+        .map(|i| decode_entry(&archive, i))
+        .collect()
 }

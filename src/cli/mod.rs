@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "cvq", version, about = "Lossless compressor for commaVQ driving-video tokens")]
+#[command(
+    name = "cvq",
+    version,
+    about = "Lossless compressor for commaVQ driving-video tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,25 +73,40 @@ struct RunOpts {
 
 pub fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Compress { inputs, output, run } => with_threads(run.threads, || compress(&inputs, &output, run.force)),
-        Command::Decompress { archive, output, run } => {
-            with_threads(run.threads, || decompress(&archive, &output, run.force))
-        }
+        Command::Compress {
+            inputs,
+            output,
+            run,
+        } => with_threads(run.threads, || compress(&inputs, &output, run.force)),
+        Command::Decompress {
+            archive,
+            output,
+            run,
+        } => with_threads(run.threads, || decompress(&archive, &output, run.force)),
         Command::Eval { inputs, threads } => with_threads(threads, || eval(&inputs)),
         Command::Bench { inputs } => bench::run(&files::collect_inputs(&inputs)?),
     }
 }
 
-fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
+fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()?;
     pool.install(f)
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})")
-        .expect("valid template")
-        .progress_chars("=> ");
-    ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+    ProgressBar::new(len as u64)
+        .with_style(style)
+        .with_message(what.to_string())
 }
 
 /// The closing line of every command that codes tokens.
@@ -120,30 +139,57 @@ fn compress(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
     let bytes = archive::write(&model.id(), &coded);
     files::write_atomic(output, &bytes, force)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
-    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    eprintln!(
+        "{}",
+        summary(
+            "compressed",
+            coded.len(),
+            tokens,
+            bytes.len(),
+            start.elapsed().as_secs_f64()
+        )
+    );
     Ok(())
 }
 
 fn decompress(archive_path: &Path, dir: &Path, force: bool) -> Result<()> {
-    let bytes = std::fs::read(archive_path).with_context(|| format!("{}: cannot read", archive_path.display()))?;
+    let bytes = std::fs::read(archive_path)
+        .with_context(|| format!("{}: cannot read", archive_path.display()))?;
     let archive = archive::parse(&bytes).with_context(|| format!("{}", archive_path.display()))?;
     archive_model(&archive).with_context(|| format!("{}", archive_path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
     let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
     for t in &targets {
         files::check_writable(t, force)?;
     }
     let start = Instant::now();
     let bar = progress(targets.len(), "decompress");
-    (0..targets.len()).into_par_iter().try_for_each(|i| -> Result<()> {
-        let seg = decode_entry(&archive, i).with_context(|| format!("{}", archive_path.display()))?;
-        files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
-        bar.inc(1);
-        Ok(())
-    })?;
+    (0..targets.len())
+        .into_par_iter()
+        .try_for_each(|i| -> Result<()> {
+            let seg =
+                decode_entry(&archive, i).with_context(|| format!("{}", archive_path.display()))?;
+            files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
+            bar.inc(1);
+            Ok(())
+        })?;
     bar.finish_and_clear();
-    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
-    eprintln!("{}", summary("decompressed", targets.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    let tokens = archive
+        .entries
+        .iter()
+        .map(|e| e.frames * TOKENS_PER_FRAME)
+        .sum();
+    eprintln!(
+        "{}",
+        summary(
+            "decompressed",
+            targets.len(),
+            tokens,
+            bytes.len(),
+            start.elapsed().as_secs_f64()
+        )
+    );
     Ok(())
 }
 
@@ -162,12 +208,27 @@ fn eval(inputs: &[PathBuf]) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
-    println!("{:<48} {:>10} {:>10} {:>10}", "segment", "tokens", "bytes", "bits/token");
+    println!(
+        "{:<48} {:>10} {:>10} {:>10}",
+        "segment", "tokens", "bytes", "bits/token"
+    );
     for (name, tokens, bytes) in &rows {
-        println!("{name:<48} {tokens:>10} {bytes:>10} {:>10.4}", *bytes as f64 * 8.0 / *tokens.max(&1) as f64);
+        println!(
+            "{name:<48} {tokens:>10} {bytes:>10} {:>10.4}",
+            *bytes as f64 * 8.0 / *tokens.max(&1) as f64
+        );
     }
     let tokens = rows.iter().map(|r| r.1).sum();
     let bytes = rows.iter().map(|r| r.2).sum();
-    println!("{}", summary("evaluated", rows.len(), tokens, bytes, start.elapsed().as_secs_f64()));
+    println!(
+        "{}",
+        summary(
+            "evaluated",
+            rows.len(),
+            tokens,
+            bytes,
+            start.elapsed().as_secs_f64()
+        )
+    );
     Ok(())
 }

@@ -20,7 +20,11 @@ pub fn encode_tokens(tokens: &[u16], predictor: &mut dyn Predictor) -> Vec<u8> {
 }
 
 /// Decode `count` tokens from `payload` with the same kind of fresh predictor as the encoder.
-pub fn decode_tokens(payload: &[u8], count: usize, predictor: &mut dyn Predictor) -> Result<Vec<u16>> {
+pub fn decode_tokens(
+    payload: &[u8],
+    count: usize,
+    predictor: &mut dyn Predictor,
+) -> Result<Vec<u16>> {
     let mut dec = RangeDecoder::new(payload)?;
     // Grow as tokens decode, so a forged count costs no memory up front.
     let mut tokens = Vec::with_capacity(count.min(1 << 20));
@@ -30,7 +34,11 @@ pub fn decode_tokens(payload: &[u8], count: usize, predictor: &mut dyn Predictor
         predictor.update(t);
         tokens.push(t);
     }
-    ensure!(dec.remaining() == 0, "{} payload bytes past the last token", dec.remaining());
+    ensure!(
+        dec.remaining() == 0,
+        "{} payload bytes past the last token",
+        dec.remaining()
+    );
     Ok(tokens)
 }
 

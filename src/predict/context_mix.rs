@@ -30,6 +30,8 @@ const COUNT_LIMIT: u32 = 16;
 const MIX_RATE: i32 = 8;
 /// Initial mixer weight (1/8 in 16.16 fixed point): the models start out trusted a little.
 const INITIAL_WEIGHT: i32 = 1 << 13;
+/// Weights are kept within +-256.0, far beyond any useful value, so no input can overflow them.
+const MAX_WEIGHT: i32 = 1 << 24;
 /// Largest counter table per model, in bits of entries (16 MiB of u32). Larger tables code
 /// better (2^23: 5.90 bits/token on the clip, 2^24: 5.87) at 2-4x the memory.
 const MAX_TABLE_BITS: u32 = 22;
@@ -140,7 +142,10 @@ impl ContextMix {
     fn slot(&self, m: usize, key: u64, node: usize) -> Slot {
         let h = mix64(key ^ mix64(node as u64 + ((m as u64) << 16)));
         let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize;
-        Slot { base: (m << self.table_bits) | (index << SLOT_BITS), check: h as u32 | 1 }
+        Slot {
+            base: (m << self.table_bits) | (index << SLOT_BITS),
+            check: h as u32 | 1,
+        }
     }
 
     /// Walk the tree from the root, choosing each bit with `choose(start_of_one_branch, depth)`;
@@ -167,11 +172,20 @@ impl ContextMix {
                 dec.counters[m] = slot.base + local;
                 // A slot holding another context's counters reads as fresh.
                 let owned = self.counters[slot.base] == slot.check;
-                let p12 = if owned { self.counters[dec.counters[m]] >> 20 } else { 2048 };
+                let p12 = if owned {
+                    self.counters[dec.counters[m]] >> 20
+                } else {
+                    2048
+                };
                 dec.inputs[m] = self.stretch.get(p12);
             }
             dec.inputs[N_MODELS] = 256;
-            let dot: i64 = dec.inputs.iter().zip(&self.weights[d]).map(|(&x, &w)| i64::from(x) * i64::from(w)).sum();
+            let dot: i64 = dec
+                .inputs
+                .iter()
+                .zip(&self.weights[d])
+                .map(|(&x, &w)| i64::from(x) * i64::from(w))
+                .sum();
             dec.p = squash((dot >> 16) as i32);
             // Split `total` between the 0 and 1 subtrees, at least one unit per leaf.
             let half_leaves = 512u32 >> d;
@@ -221,7 +235,7 @@ impl Predictor for ContextMix {
             }
             let err = ((bit << 12) - dec.p) * MIX_RATE;
             for (w, &x) in self.weights[d].iter_mut().zip(&dec.inputs) {
-                *w += (x * err + (1 << 15)) >> 16;
+                *w = (*w + ((x * err + (1 << 15)) >> 16)).clamp(-MAX_WEIGHT, MAX_WEIGHT);
             }
         }
         self.history.push(token);
@@ -243,4 +257,62 @@ fn mix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::predict::frequencies;
+
+    fn tokens(n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|i| ((i * 37 + i / 128 * 11) % 1024) as u16)
+            .collect()
+    }
+
+    #[test]
+    fn tables_are_valid_and_agree_with_find() {
+        let toks = tokens(300);
+        let mut cm = ContextMix::new(toks.len());
+        for (i, &t) in toks.iter().enumerate() {
+            if i % 50 == 0 || i == 299 {
+                let f = frequencies(&mut cm);
+                assert!(f.iter().all(|&x| x >= 1));
+                assert_eq!(f.iter().map(|&x| x as u64).sum::<u64>(), TOTAL as u64);
+                // `find` at the first, last and a middle unit of a token's interval returns it.
+                for (s, &freq) in f.iter().enumerate().step_by(31) {
+                    let start = f[..s].iter().sum::<u32>();
+                    for target in [start, start + freq / 2, start + freq - 1] {
+                        assert_eq!(cm.find(target), (s as u16, Interval { start, freq }));
+                    }
+                }
+            }
+            cm.update(t);
+        }
+    }
+
+    #[test]
+    fn querying_other_tokens_does_not_change_what_is_learned() {
+        let toks = tokens(500);
+        let (mut plain, mut probed) = (ContextMix::new(500), ContextMix::new(500));
+        for &t in &toks {
+            frequencies(&mut probed);
+            assert_eq!(plain.interval(t), probed.interval(t));
+            plain.update(t);
+            probed.update(t);
+        }
+    }
+
+    #[test]
+    fn learns_a_repeating_frame() {
+        let frame: Vec<u16> = (0..128).map(|i| (i * 8) as u16).collect();
+        let toks: Vec<u16> = frame.iter().cycle().take(128 * 20).copied().collect();
+        let mut cm = ContextMix::new(toks.len());
+        let bits = crate::code::ideal_bits(&toks, &mut cm);
+        assert!(
+            bits / (toks.len() as f64) < 1.5,
+            "{} bits/token",
+            bits / toks.len() as f64
+        );
+    }
 }

@@ -1,0 +1,194 @@
+//! The `cvq` binary as a user runs it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cvq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cvq"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A directory of dataset-style segments: names without extension, as in commaVQ.
+fn dataset_dir(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let names: Vec<String> = (0..3)
+        .map(|i| format!("3b41c0fa8959aea6c118e5714f412a2e_{i}"))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        let seg = common::synthetic(name, 12 + i, i as u64);
+        std::fs::write(dir.join(name), seg.to_npy_bytes().unwrap()).unwrap();
+    }
+    names
+}
+
+#[test]
+fn compress_then_decompress_restores_identical_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    let out = tmp.path().join("out");
+    let c = cvq(&["compress", p(&input), "-o", p(&archive), "-j", "2"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(
+        stderr(&c).contains("compressed 3 segments"),
+        "{}",
+        stderr(&c)
+    );
+    assert!(stderr(&c).contains("bits/token"));
+    let d = cvq(&["decompress", p(&archive), "-o", p(&out)]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    for name in &names {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            std::fs::read(input.join(name)).unwrap()
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        names.len(),
+        "no stray temporary files"
+    );
+}
+
+#[test]
+fn clip_through_the_binary_is_byte_identical() {
+    let Some(clip) = common::real_data("clip.npy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("clip.cvq");
+    assert!(cvq(&["compress", p(&clip), "-o", p(&archive)])
+        .status
+        .success());
+    let d = cvq(&["decompress", p(&archive), "-o", p(tmp.path())]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert_eq!(
+        std::fs::read(tmp.path().join("clip.npy")).unwrap(),
+        std::fs::read(&clip).unwrap()
+    );
+}
+
+#[test]
+fn existing_outputs_are_not_overwritten_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    std::fs::write(&archive, b"keep me").unwrap();
+    let c = cvq(&["compress", p(&input), "-o", p(&archive)]);
+    assert!(!c.status.success());
+    assert!(
+        stderr(&c).contains("already exists (use --force"),
+        "{}",
+        stderr(&c)
+    );
+    assert_eq!(std::fs::read(&archive).unwrap(), b"keep me");
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--force"])
+        .status
+        .success());
+
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join(&names[1]), b"keep me too").unwrap();
+    let d = cvq(&["decompress", p(&archive), "-o", p(&out)]);
+    assert!(!d.status.success());
+    assert!(stderr(&d).contains(&names[1]), "{}", stderr(&d));
+    assert_eq!(std::fs::read(out.join(&names[1])).unwrap(), b"keep me too");
+    assert!(
+        !out.join(&names[0]).exists(),
+        "nothing is written when any output would be overwritten"
+    );
+    assert!(cvq(&["decompress", p(&archive), "-o", p(&out), "--force"])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::read(out.join(&names[1])).unwrap(),
+        std::fs::read(input.join(&names[1])).unwrap()
+    );
+}
+
+#[test]
+fn bad_inputs_are_named_in_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("seg_7");
+    let data: Vec<u8> = [5i16, 1024]
+        .repeat(64)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(&bad, common::npy_bytes("<i2", "(1, 128)", &data)).unwrap();
+    let c = cvq(&["compress", p(&bad), "-o", p(&tmp.path().join("a.cvq"))]);
+    assert!(!c.status.success());
+    let err = stderr(&c);
+    assert!(
+        err.contains("seg_7") && err.contains("value 1024 out of range"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("a.cvq").exists(),
+        "no archive is left behind"
+    );
+
+    let missing = cvq(&[
+        "compress",
+        "/nonexistent/x",
+        "-o",
+        p(&tmp.path().join("b.cvq")),
+    ]);
+    assert!(
+        stderr(&missing).contains("/nonexistent/x: cannot read"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let garbage = tmp.path().join("garbage.cvq");
+    std::fs::write(&garbage, b"not an archive").unwrap();
+    let d = cvq(&["decompress", p(&garbage), "-o", p(&tmp.path().join("o"))]);
+    assert!(
+        stderr(&d).contains("garbage.cvq") && stderr(&d).contains("not a cvq archive"),
+        "{}",
+        stderr(&d)
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    dataset_dir(&a);
+    dataset_dir(&b);
+    let c = cvq(&["compress", p(&a), p(&b), "-o", p(&tmp.path().join("x.cvq"))]);
+    assert!(
+        stderr(&c).contains("two inputs are named"),
+        "{}",
+        stderr(&c)
+    );
+}
+
+#[test]
+fn eval_reports_each_segment_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let e = cvq(&["eval", p(&input)]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let out = String::from_utf8(e.stdout).unwrap();
+    for name in &names {
+        assert!(out.contains(name.as_str()), "{out}");
+    }
+    assert!(out.contains("evaluated 3 segments"), "{out}");
+    assert_eq!(std::fs::read_dir(&input).unwrap().count(), 3);
+}
