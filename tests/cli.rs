@@ -129,7 +129,9 @@ fn bad_inputs_are_named_in_the_error() {
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    std::fs::write(&bad, common::npy_bytes("<i2", "(1, 128)", &data)).unwrap();
+    let mut file = cvq::data::npy::npy_header("<i2", false, &[1, 128]);
+    file.extend(data);
+    std::fs::write(&bad, file).unwrap();
     let c = cvq(&["compress", p(&bad), "-o", p(&tmp.path().join("a.cvq"))]);
     assert!(!c.status.success());
     let err = stderr(&c);

@@ -102,3 +102,9 @@ fn unknown_model_is_refused() {
     let err = format!("{:#}", decompress_segments(&bytes).unwrap_err());
     assert!(err.contains("model this cvq does not have"), "{err}");
 }
+
+#[test]
+fn dataset_headers_are_what_numpy_writes() {
+    let Some(seg) = clip() else { return };
+    assert_eq!(seg.header, Segment::int16("x", seg.tokens.clone()).header);
+}

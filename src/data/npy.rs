@@ -53,6 +53,41 @@ impl Segment {
     }
 }
 
+/// An npy version 1.0 header as numpy writes it: `descr` such as `<i2`, padded with spaces
+/// so the data starts at a multiple of 64 bytes.
+pub fn npy_header(descr: &str, fortran_order: bool, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let order = if fortran_order { "True" } else { "False" };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}")
+        .into_bytes();
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(b' ');
+    }
+    dict.push(b'\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((dict.len() as u16).to_le_bytes());
+    out.extend(dict);
+    out
+}
+
+impl Segment {
+    /// A segment as the dataset stores it: int16, shape (frames, 8, 16).
+    pub fn int16(name: &str, tokens: Vec<u16>) -> Segment {
+        assert!(tokens.len() % TOKENS_PER_FRAME == 0, "whole frames only");
+        let header = npy_header("<i2", false, &[tokens.len() / TOKENS_PER_FRAME, 8, 16]);
+        Segment {
+            name: name.to_string(),
+            header,
+            tokens,
+        }
+    }
+}
+
 /// Read one segment file; the segment's name is the file's name, unchanged.
 pub fn read_segment_file(path: &Path) -> Result<Segment> {
     let name = path
@@ -185,20 +220,8 @@ fn encode_value(token: u16, layout: Layout, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    /// A minimal npy v1 file with the given descr, shape and raw data.
-    pub fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-        let dict = format!(
-            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
-            if fortran { "True" } else { "False" }
-        );
-        let mut text = dict.into_bytes();
-        while (10 + text.len() + 1) % 64 != 0 {
-            text.push(b' ');
-        }
-        text.push(b'\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend((text.len() as u16).to_le_bytes());
-        out.extend(text);
+    fn npy(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        let mut out = npy_header(descr, fortran, shape);
         out.extend_from_slice(data);
         out
     }
@@ -218,7 +241,7 @@ mod tests {
                 .iter()
                 .for_each(|&t| encode_value(t, layout, &mut data));
             assert_eq!(data.len(), 256 * width);
-            let file = npy(descr, false, "(2, 8, 16)", &data);
+            let file = npy(descr, false, &[2, 8, 16], &data);
             let seg = parse_segment("s".into(), &file).unwrap();
             assert_eq!(seg.tokens, tokens);
             assert_eq!(seg.to_npy_bytes().unwrap(), file, "{descr}");
@@ -227,22 +250,22 @@ mod tests {
 
     #[test]
     fn flat_shape_is_accepted() {
-        let file = npy("<i2", false, "(1, 128)", &[0u8; 256]);
+        let file = npy("<i2", false, &[1, 128], &[0u8; 256]);
         assert_eq!(parse_segment("s".into(), &file).unwrap().frames(), 1);
     }
 
     #[test]
     fn bad_files_give_clear_errors() {
         let neg = (-1i16).to_le_bytes().repeat(128);
-        assert!(err(&npy("<i2", false, "(1, 128)", &neg)).contains("value -1 out of range"));
+        assert!(err(&npy("<i2", false, &[1, 128], &neg)).contains("value -1 out of range"));
         let big = 1024i16.to_le_bytes().repeat(128);
-        assert!(err(&npy("<i2", false, "(1, 128)", &big)).contains("value 1024 out of range"));
-        assert!(err(&npy("<i2", false, "(1, 8, 8)", &[0; 128])).contains("unsupported shape"));
-        assert!(err(&npy("<f4", false, "(1, 128)", &[0; 512])).contains("unsupported dtype"));
-        assert!(err(&npy("<u4", false, "(1, 128)", &[0; 512])).contains("unsupported dtype"));
-        assert!(err(&npy("<i2", true, "(1, 128)", &[0; 256])).contains("Fortran"));
-        assert!(err(&npy("<i2", false, "(2, 128)", &[0; 300])).contains("truncated"));
-        assert!(err(&npy("<i2", false, "(1, 128)", &[0; 257])).contains("unexpected bytes"));
+        assert!(err(&npy("<i2", false, &[1, 128], &big)).contains("value 1024 out of range"));
+        assert!(err(&npy("<i2", false, &[1, 8, 8], &[0; 128])).contains("unsupported shape"));
+        assert!(err(&npy("<f4", false, &[1, 128], &[0; 512])).contains("unsupported dtype"));
+        assert!(err(&npy("<u4", false, &[1, 128], &[0; 512])).contains("unsupported dtype"));
+        assert!(err(&npy("<i2", true, &[1, 128], &[0; 256])).contains("Fortran"));
+        assert!(err(&npy("<i2", false, &[2, 128], &[0; 300])).contains("truncated"));
+        assert!(err(&npy("<i2", false, &[1, 128], &[0; 257])).contains("unexpected bytes"));
         assert!(err(b"\x93NUMPY\x01\x00\xff").contains("bad npy header"));
         assert!(err(b"hello").contains("bad npy header"));
     }

@@ -1,7 +1,7 @@
 //! Shared helpers: where the real data lives, and synthetic segments.
 #![allow(dead_code)]
 
-use cvq::data::{parse_segment, read_segment_file, Segment};
+use cvq::data::{read_segment_file, Segment};
 use std::path::PathBuf;
 
 /// A file of real data from `$CVQ_DATA` (default `../shared/data` beside the repository).
@@ -28,21 +28,6 @@ pub fn clip() -> Option<Segment> {
     real_data("clip.npy").map(|p| read_segment_file(&p).unwrap())
 }
 
-/// A minimal npy v1 file (int16 unless `descr` says otherwise) holding `tokens`.
-pub fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut text =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}").into_bytes();
-    while (10 + text.len() + 1) % 64 != 0 {
-        text.push(b' ');
-    }
-    text.push(b'\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((text.len() as u16).to_le_bytes());
-    out.extend(text);
-    out.extend_from_slice(data);
-    out
-}
-
 /// A synthetic int16 (frames, 8, 16) segment: drifting noise with some frame-to-frame copying.
 pub fn synthetic(name: &str, frames: usize, seed: u64) -> Segment {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -58,13 +43,5 @@ pub fn synthetic(name: &str, frames: usize, seed: u64) -> Segment {
         };
         tokens.push(t);
     }
-    let data: Vec<u8> = tokens
-        .iter()
-        .flat_map(|t| (*t as i16).to_le_bytes())
-        .collect();
-    parse_segment(
-        name.into(),
-        &npy_bytes("<i2", &format!("({frames}, 8, 16)"), &data),
-    )
-    .unwrap()
+    Segment::int16(name, tokens)
 }
