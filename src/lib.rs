@@ -8,5 +8,6 @@ pub mod archive;
 pub mod cli;
 pub mod code;
 pub mod data;
+pub mod model;
 pub mod pipeline;
 pub mod predict;

@@ -1,88 +1,131 @@
-//! The pipeline between the stages: a segment is coded by a fresh predictor into an archive
-//! entry, and an entry is decoded, checked and turned back into a segment. Segments are
-//! independent, so both directions run in parallel without changing a byte.
+//! The pipeline between the stages: segments are coded by fresh predictors into archive
+//! entries, and entries are decoded, checked and turned back into segments. A worker codes
+//! `model.batch_size()` segments in lockstep; workers run in parallel. Neither the batch nor
+//! the thread count changes a byte: every segment is its own stream.
 
 use crate::archive::{self, Archive, CodedSegment};
-use crate::code::{decode_tokens, encode_tokens};
+use crate::code;
 use crate::data::{npy::parse_header, Segment, TOKENS_PER_FRAME};
-use crate::predict::Model;
-use anyhow::{ensure, Context, Result};
+use crate::predict::{hex, Model};
+use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 
-/// Code one segment with a fresh predictor of `model`.
-pub fn encode_segment(model: Model, seg: &Segment) -> Result<CodedSegment> {
-    archive::check_name(&seg.name)?;
-    ensure!(
-        seg.frames() <= archive::MAX_FRAMES,
-        "{}: {} frames exceeds the limit of {}",
-        seg.name,
-        seg.frames(),
-        archive::MAX_FRAMES
-    );
-    let mut predictor = model.predictor(seg.tokens.len());
-    Ok(CodedSegment {
-        name: seg.name.clone(),
-        header: seg.header.clone(),
-        frames: seg.frames(),
-        checksum: archive::token_checksum(&seg.tokens),
-        payload: encode_tokens(&seg.tokens, predictor.as_mut()),
-    })
-}
-
-/// The predictor that wrote `archive`, or a clear refusal.
-pub fn archive_model(archive: &Archive) -> Result<Model> {
-    Model::from_id(&archive.model_id).with_context(|| {
-        let hex: String = archive
-            .model_id
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("archive was written with a model this cvq does not have (id {hex}...)")
-    })
-}
-
-/// Decode and verify entry `i` of `archive`.
-pub fn decode_entry(archive: &Archive, i: usize) -> Result<Segment> {
-    let e = &archive.entries[i];
-    let inner = || -> Result<Segment> {
-        let model = archive_model(archive)?;
-        let header = archive.headers[e.header];
-        let (_, frames) = parse_header(header).context("stored npy header")?;
+/// Code one lockstep batch of segments.
+pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegment>> {
+    for seg in segments {
+        archive::check_name(&seg.name)?;
+        let frames = seg.frames();
         ensure!(
-            frames == e.frames,
-            "index says {} frames, its npy header {frames}",
-            e.frames
+            frames <= archive::MAX_FRAMES,
+            "{}: {frames} frames exceeds the limit of {}",
+            seg.name,
+            archive::MAX_FRAMES
         );
-        let count = frames * TOKENS_PER_FRAME;
-        let tokens = decode_tokens(archive.payload(e), count, model.predictor(count).as_mut())?;
-        ensure!(
-            archive::token_checksum(&tokens) == e.checksum,
-            "checksum mismatch: the data is corrupt"
-        );
-        Ok(Segment {
-            name: e.name.clone(),
-            header: header.to_vec(),
-            tokens,
+    }
+    let sizes: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
+    let tokens: Vec<&[u16]> = segments.iter().map(|s| s.tokens.as_slice()).collect();
+    let payloads = code::encode(&mut model.batch(&sizes), &tokens);
+    Ok(segments
+        .iter()
+        .zip(payloads)
+        .map(|(seg, payload)| CodedSegment {
+            name: seg.name.clone(),
+            header: seg.header.clone(),
+            frames: seg.frames(),
+            checksum: archive::token_checksum(&seg.tokens),
+            payload,
         })
-    };
-    inner().with_context(|| format!("segment {i} ({})", e.name))
+        .collect())
+}
+
+/// The predictor that wrote `archive`: the context mixer, or `neural` if its weights match.
+pub fn archive_model(archive: &Archive, neural: Option<&Model>) -> Result<Model> {
+    let id = archive.model_id;
+    if id == Model::ContextMix.id() {
+        return Ok(Model::ContextMix);
+    }
+    match neural {
+        Some(m) if m.id() == id => Ok(m.clone()),
+        Some(m) => bail!(
+            "archive was written with weights {}..., but the weights given are {}...",
+            hex(&id[..8]),
+            hex(&m.id()[..8])
+        ),
+        None => bail!(
+            "archive was written with neural weights {}...: pass them with --weights",
+            hex(&id[..8])
+        ),
+    }
+}
+
+/// Decode and verify the entries `indices` of `archive` as one lockstep batch.
+pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<Result<Segment>> {
+    let entries: Vec<&archive::Entry> = indices.iter().map(|&i| &archive.entries[i]).collect();
+    let counts: Vec<usize> = entries
+        .iter()
+        .map(|e| e.frames * TOKENS_PER_FRAME)
+        .collect();
+    let payloads: Vec<&[u8]> = entries.iter().map(|e| archive.payload(e)).collect();
+    // A bad header fails its segment before any decoding.
+    let headers: Vec<Result<&[u8]>> = entries
+        .iter()
+        .map(|e| {
+            let header = archive.headers[e.header];
+            let (_, frames) = parse_header(header).context("stored npy header")?;
+            ensure!(
+                frames == e.frames,
+                "index says {} frames, its npy header {frames}",
+                e.frames
+            );
+            Ok(header)
+        })
+        .collect();
+    let usable: Vec<usize> = counts
+        .iter()
+        .zip(&headers)
+        .map(|(&n, h)| if h.is_ok() { n } else { 0 })
+        .collect();
+    let decoded = code::decode(&mut model.batch(&usable), &payloads, &usable);
+    indices
+        .iter()
+        .zip(entries)
+        .zip(headers.into_iter().zip(decoded))
+        .map(|((&i, e), (header, tokens))| {
+            let segment = (|| {
+                let (header, tokens) = (header?, tokens?);
+                ensure!(
+                    archive::token_checksum(&tokens) == e.checksum,
+                    "checksum mismatch: the data is corrupt"
+                );
+                Ok(Segment {
+                    name: e.name.clone(),
+                    header: header.to_vec(),
+                    tokens,
+                })
+            })();
+            segment.with_context(|| format!("segment {i} ({})", e.name))
+        })
+        .collect()
 }
 
 /// Compress segments in memory (in parallel on the current rayon pool).
-pub fn compress_segments(model: Model, segments: &[Segment]) -> Result<Vec<u8>> {
-    let coded = segments
-        .par_iter()
-        .map(|s| encode_segment(model, s))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(archive::write(&model.id(), &coded))
+pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
+    let coded: Vec<Vec<CodedSegment>> = segments
+        .par_chunks(model.batch_size())
+        .map(|chunk| encode_batch(model, chunk))
+        .collect::<Result<_>>()?;
+    Ok(archive::write(&model.id(), &coded.concat()))
 }
 
-/// Decompress a whole archive in memory.
-pub fn decompress_segments(bytes: &[u8]) -> Result<Vec<Segment>> {
+/// Decompress a whole archive in memory; `neural` is the model to use if it is not the
+/// context mixer's.
+pub fn decompress_segments(bytes: &[u8], neural: Option<&Model>) -> Result<Vec<Segment>> {
     let archive = archive::parse(bytes)?;
-    (0..archive.entries.len())
-        .into_par_iter()
-        .map(|i| decode_entry(&archive, i))
-        .collect()
+    let model = archive_model(&archive, neural)?;
+    let indices: Vec<usize> = (0..archive.entries.len()).collect();
+    let batches: Vec<Vec<Result<Segment>>> = indices
+        .par_chunks(model.batch_size())
+        .map(|chunk| decode_batch(&archive, &model, chunk))
+        .collect();
+    batches.into_iter().flatten().collect()
 }

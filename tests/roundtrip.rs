@@ -20,7 +20,7 @@ fn compress_with_threads(segments: &[Segment], threads: usize) -> Vec<u8> {
         .num_threads(threads)
         .build()
         .unwrap();
-    pool.install(|| compress_segments(Model::ContextMix, segments))
+    pool.install(|| compress_segments(&Model::ContextMix, segments))
         .unwrap()
 }
 
@@ -33,7 +33,7 @@ fn clip_round_trips_byte_for_byte() {
     let Some(seg) = clip() else { return };
     let original = std::fs::read(common::real_data("clip.npy").unwrap()).unwrap();
     let bytes = compress_with_threads(std::slice::from_ref(&seg), 2);
-    let back = decompress_segments(&bytes).unwrap();
+    let back = decompress_segments(&bytes, None).unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].name, "clip.npy");
     assert_eq!(back[0].to_npy_bytes().unwrap(), original);
@@ -65,7 +65,7 @@ fn archive_bytes_do_not_depend_on_thread_count() {
     let one = compress_with_threads(&segments, 1);
     let two = compress_with_threads(&segments, 2);
     assert_eq!(one, two);
-    assert_eq!(decompress_segments(&one).unwrap(), segments);
+    assert_eq!(decompress_segments(&one, None).unwrap(), segments);
 }
 
 #[test]
@@ -86,21 +86,24 @@ fn damaged_payloads_name_the_segment_and_never_panic() {
     for pos in (second.start..second.end).step_by(97) {
         let mut bad = bytes.clone();
         bad[pos] ^= 0x40;
-        let err = format!("{:#}", decompress_segments(&bad).unwrap_err());
+        let err = format!("{:#}", decompress_segments(&bad, None).unwrap_err());
         assert!(err.contains("segment 1 (second)"), "{err}");
     }
     // Truncation anywhere is an error, never a panic.
     for cut in (0..bytes.len()).step_by(61) {
-        assert!(decompress_segments(&bytes[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            decompress_segments(&bytes[..cut], None).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
 #[test]
 fn unknown_model_is_refused() {
-    let coded = cvq::pipeline::encode_segment(Model::ContextMix, &synthetic("a", 5, 1)).unwrap();
-    let bytes = archive::write(&[7; 32], &[coded]);
-    let err = format!("{:#}", decompress_segments(&bytes).unwrap_err());
-    assert!(err.contains("model this cvq does not have"), "{err}");
+    let coded = cvq::pipeline::encode_batch(&Model::ContextMix, &[synthetic("a", 5, 1)]).unwrap();
+    let bytes = archive::write(&[7; 32], &coded);
+    let err = format!("{:#}", decompress_segments(&bytes, None).unwrap_err());
+    assert!(err.contains("pass them with --weights"), "{err}");
 }
 
 #[test]

@@ -6,9 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(archive) = cvq::archive::parse(data) else { return };
-    for i in 0..archive.entries.len() {
-        if let Ok(seg) = cvq::pipeline::decode_entry(&archive, i) {
-            let _ = seg.to_npy_bytes();
-        }
+    let Ok(model) = cvq::pipeline::archive_model(&archive, None) else { return };
+    let indices: Vec<usize> = (0..archive.entries.len()).collect();
+    for seg in cvq::pipeline::decode_batch(&archive, &model, &indices).into_iter().flatten() {
+        let _ = seg.to_npy_bytes();
     }
 });

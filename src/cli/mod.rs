@@ -5,7 +5,9 @@ mod files;
 
 use crate::archive;
 use crate::data::{read_segment_file, TOKENS_PER_FRAME};
-use crate::pipeline::{archive_model, decode_entry, encode_segment};
+use crate::model::Weights;
+use crate::pipeline::{archive_model, decode_batch, encode_batch};
+use crate::predict::transformer::Transformer;
 use crate::predict::Model;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
+        model: ModelOpts,
+        #[command(flatten)]
         run: RunOpts,
     },
     /// Restore every segment of an archive into a directory, byte for byte.
@@ -45,12 +49,16 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
+        model: ModelOpts,
+        #[command(flatten)]
         run: RunOpts,
     },
     /// Report bits per token for each segment without writing anything.
     Eval {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelOpts,
         #[arg(short = 'j', long)]
         threads: Option<usize>,
     },
@@ -58,7 +66,25 @@ enum Command {
     Bench {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        model: ModelOpts,
     },
+}
+
+#[derive(Args)]
+struct ModelOpts {
+    /// Int8 safetensors weights of the neural predictor (default: the adaptive context mixer).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+}
+
+impl ModelOpts {
+    fn load(&self) -> Result<Model> {
+        Ok(match &self.weights {
+            None => Model::ContextMix,
+            Some(p) => Model::Neural(std::sync::Arc::new(Transformer::new(&Weights::load(p)?))),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -76,15 +102,27 @@ pub fn main() -> Result<()> {
         Command::Compress {
             inputs,
             output,
+            model,
             run,
-        } => with_threads(run.threads, || compress(&inputs, &output, run.force)),
+        } => with_threads(run.threads, || {
+            compress(&inputs, &output, &model.load()?, run.force)
+        }),
         Command::Decompress {
             archive,
             output,
+            model,
             run,
-        } => with_threads(run.threads, || decompress(&archive, &output, run.force)),
-        Command::Eval { inputs, threads } => with_threads(threads, || eval(&inputs)),
-        Command::Bench { inputs } => bench::run(&files::collect_inputs(&inputs)?),
+        } => with_threads(run.threads, || {
+            decompress(&archive, &output, &model, run.force)
+        }),
+        Command::Eval {
+            inputs,
+            model,
+            threads,
+        } => with_threads(threads, || eval(&inputs, &model.load()?)),
+        Command::Bench { inputs, model } => {
+            bench::run(&files::collect_inputs(&inputs)?, &model.load()?)
+        }
     }
 }
 
@@ -119,21 +157,24 @@ fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, sec
     )
 }
 
-fn compress(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
+fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
     files::check_writable(output, force)?;
     let paths = files::collect_inputs(inputs)?;
-    let model = Model::ContextMix;
     let start = Instant::now();
     let bar = progress(paths.len(), "compress");
     let coded = paths
-        .par_iter()
-        .map(|p| {
-            let seg = read_segment_file(p)?;
-            let coded = encode_segment(model, &seg).with_context(|| format!("{}", p.display()));
-            bar.inc(1);
-            coded
+        .par_chunks(model.batch_size())
+        .map(|chunk| {
+            let segments = chunk
+                .iter()
+                .map(|p| read_segment_file(p))
+                .collect::<Result<Vec<_>>>()?;
+            let coded = encode_batch(model, &segments)?;
+            bar.inc(chunk.len() as u64);
+            Ok(coded)
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .concat();
     bar.finish_and_clear();
     files::check_unique_names(coded.iter().map(|c| c.name.as_str()))?;
     let bytes = archive::write(&model.id(), &coded);
@@ -152,11 +193,17 @@ fn compress(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn decompress(archive_path: &Path, dir: &Path, force: bool) -> Result<()> {
+fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -> Result<()> {
     let bytes = std::fs::read(archive_path)
         .with_context(|| format!("{}: cannot read", archive_path.display()))?;
-    let archive = archive::parse(&bytes).with_context(|| format!("{}", archive_path.display()))?;
-    archive_model(&archive).with_context(|| format!("{}", archive_path.display()))?;
+    let at = || archive_path.display().to_string();
+    let archive = archive::parse(&bytes).with_context(at)?;
+    let neural = if model.weights.is_some() {
+        Some(model.load()?)
+    } else {
+        None
+    };
+    let model = archive_model(&archive, neural.as_ref()).with_context(at)?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create directory", dir.display()))?;
     let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
@@ -165,13 +212,14 @@ fn decompress(archive_path: &Path, dir: &Path, force: bool) -> Result<()> {
     }
     let start = Instant::now();
     let bar = progress(targets.len(), "decompress");
-    (0..targets.len())
-        .into_par_iter()
-        .try_for_each(|i| -> Result<()> {
-            let seg =
-                decode_entry(&archive, i).with_context(|| format!("{}", archive_path.display()))?;
-            files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
-            bar.inc(1);
+    let indices: Vec<usize> = (0..targets.len()).collect();
+    indices
+        .par_chunks(model.batch_size())
+        .try_for_each(|chunk| -> Result<()> {
+            for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
+                files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
+            }
+            bar.inc(chunk.len() as u64);
             Ok(())
         })?;
     bar.finish_and_clear();
@@ -193,20 +241,26 @@ fn decompress(archive_path: &Path, dir: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-fn eval(inputs: &[PathBuf]) -> Result<()> {
+fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
     let paths = files::collect_inputs(inputs)?;
-    let model = Model::ContextMix;
     let start = Instant::now();
     let bar = progress(paths.len(), "eval");
     let rows = paths
-        .par_iter()
-        .map(|p| {
-            let seg = read_segment_file(p)?;
-            let coded = encode_segment(model, &seg)?;
-            bar.inc(1);
-            Ok((seg.name, seg.tokens.len(), coded.payload.len()))
+        .par_chunks(model.batch_size())
+        .map(|chunk| {
+            let segments = chunk
+                .iter()
+                .map(|p| read_segment_file(p))
+                .collect::<Result<Vec<_>>>()?;
+            let coded = encode_batch(model, &segments)?;
+            bar.inc(chunk.len() as u64);
+            Ok(coded
+                .into_iter()
+                .map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len()))
+                .collect::<Vec<_>>())
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .concat();
     bar.finish_and_clear();
     println!(
         "{:<48} {:>10} {:>10} {:>10}",

@@ -7,8 +7,14 @@
 
 mod context_mix;
 mod logistic;
+pub mod neural;
+pub mod transformer;
 
 pub use context_mix::ContextMix;
+pub use neural::Neural;
+
+use std::sync::Arc;
+use transformer::Transformer;
 
 use crate::data::VOCAB;
 
@@ -41,30 +47,89 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
 
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Model {
     /// The adaptive context-mixing model; learns from the segment alone.
     ContextMix,
+    /// The integer transformer with its weights.
+    Neural(Arc<Transformer>),
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Model::ContextMix => write!(f, "context-mix"),
+            Model::Neural(t) => write!(f, "neural {:?} (weights {})", t.spec, hex(&t.hash[..8])),
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Model {
-    /// 32-byte identifier: a hash of the predictor's name and version (the weights' hash
-    /// once a predictor has weights).
+    /// 32-byte identifier: for the context mixer a hash of its name and version, for a neural
+    /// model the SHA-256 of its weights file.
     pub fn id(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         match self {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
+            Model::Neural(t) => t.hash,
         }
     }
 
-    /// A fresh predictor for a segment of `tokens` tokens.
-    pub fn predictor(&self, tokens: usize) -> Box<dyn Predictor> {
+    /// Fresh predictors for segments of the given token counts, to be advanced in lockstep.
+    pub fn batch(&self, sizes: &[usize]) -> Batch {
         match self {
-            Model::ContextMix => Box::new(ContextMix::new(tokens)),
+            Model::ContextMix => {
+                Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect())
+            }
+            Model::Neural(t) => Batch::Neural(
+                sizes
+                    .iter()
+                    .map(|&n| Neural::new(Arc::clone(t), n))
+                    .collect(),
+            ),
         }
     }
 
-    pub fn from_id(id: &[u8; 32]) -> Option<Model> {
-        [Model::ContextMix].into_iter().find(|m| &m.id() == id)
+    /// How many segments one worker codes in lockstep: the context mixer's tables are large
+    /// and gain nothing from company; the transformer turns matrix-vector work into
+    /// matrix-matrix work.
+    pub fn batch_size(&self) -> usize {
+        match self {
+            Model::ContextMix => 1,
+            Model::Neural(_) => 32,
+        }
+    }
+}
+
+/// Predictors of several segments, advanced in lockstep.
+pub enum Batch {
+    ContextMix(Vec<ContextMix>),
+    Neural(Vec<Neural>),
+}
+
+impl Batch {
+    /// Make the next token's table ready for each segment in `active` (one batched step for
+    /// the transformer; nothing to do for the context mixer, which works lazily).
+    pub fn prepare(&mut self, active: &[usize]) {
+        if let Batch::Neural(preds) = self {
+            let mut chosen: Vec<&mut Neural> = preds
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| active.contains(i))
+                .map(|(_, p)| p)
+                .collect();
+            Neural::prepare(&mut chosen);
+        }
+    }
+
+    pub fn get(&mut self, i: usize) -> &mut dyn Predictor {
+        match self {
+            Batch::ContextMix(p) => &mut p[i],
+            Batch::Neural(p) => &mut p[i],
+        }
     }
 }

@@ -1,0 +1,162 @@
+//! The model spec: one definition of the network that the trainer trains and the integer
+//! engine runs.
+//!
+//! A decoder-only transformer over tokens in raster order. The element that predicts token
+//! `(t, k)` (frame t, position k = 16*row + col) has as input the sum of three embeddings:
+//! the token just before it in raster order (`tok_prev`; BOS before the first token), the
+//! token at the same position in the previous frame (`tok_same`; BOS in frame 0) and the
+//! position `k` (`pos`). It attends to the elements of the `context_frames` previous frames
+//! and to the current frame's elements up to itself. Attention logits are `q . k` (the
+//! trainer folds 1/sqrt(head_dim) into the query weights) plus a learned bias per head and
+//! frame offset (0..=context_frames). No absolute frame index enters the network, so cached
+//! keys and values stay valid as the window slides from frame to frame.
+//!
+//! Each layer: `x += out(attn(rmsnorm1(x)))`, `x += down(gelu(up(rmsnorm2(x))))`, with
+//! bias-free linear layers and the tanh approximation of GELU. Output:
+//! `logits = tok_same[0..1024] . rmsnorm_out(x) + head_bias` (the output matrix is tied to
+//! the same-position embedding). RMSNorm: `x / sqrt(mean(x^2) + 2^-16) * gain`.
+
+use anyhow::{ensure, Context, Result};
+use std::collections::HashMap;
+
+use crate::data::{TOKENS_PER_FRAME, VOCAB};
+
+/// Token id standing for "no token" (before the segment, or no previous frame).
+pub const BOS: usize = VOCAB;
+/// Input vocabulary: the 1024 token values and BOS.
+pub const INPUT_VOCAB: usize = VOCAB + 1;
+/// RMSNorm's epsilon, 2^-16.
+pub const NORM_EPS_LOG2: u32 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub layers: usize,
+    /// Residual width.
+    pub width: usize,
+    pub heads: usize,
+    /// Previous frames attended to (K).
+    pub context_frames: usize,
+    /// Hidden width of the MLP.
+    pub mlp_width: usize,
+}
+
+/// How a tensor's values are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// int8 weights `[out, in]` with an f32 scale per output row, named `NAME.scale`.
+    Int8Rows,
+    /// f32 values (norm gains, biases).
+    F32,
+}
+
+impl ModelSpec {
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+
+    /// Keys/values kept per layer: the previous frames and the current one.
+    pub fn window(&self) -> usize {
+        (self.context_frames + 1) * TOKENS_PER_FRAME
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (1..=64).contains(&self.layers),
+            "layers must be 1..=64, not {}",
+            self.layers
+        );
+        ensure!(
+            self.heads >= 1 && self.width % self.heads == 0,
+            "width {} is not a multiple of heads {}",
+            self.width,
+            self.heads
+        );
+        ensure!(
+            self.width % 16 == 0 && (16..=2048).contains(&self.width),
+            "width must be a multiple of 16 in 16..=2048, not {}",
+            self.width
+        );
+        ensure!(
+            self.mlp_width % 16 == 0 && (16..=8192).contains(&self.mlp_width),
+            "mlp_width must be a multiple of 16 in 16..=8192, not {}",
+            self.mlp_width
+        );
+        ensure!(
+            (1..=32).contains(&self.context_frames),
+            "context_frames must be 1..=32, not {}",
+            self.context_frames
+        );
+        Ok(())
+    }
+
+    /// Every tensor of the model: name, shape and kind. The trainer exports exactly these.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, Kind)> {
+        let (d, m) = (self.width, self.mlp_width);
+        let mut t = vec![
+            ("tok_prev".to_string(), vec![INPUT_VOCAB, d], Kind::Int8Rows),
+            ("tok_same".to_string(), vec![INPUT_VOCAB, d], Kind::Int8Rows),
+            ("pos".to_string(), vec![TOKENS_PER_FRAME, d], Kind::Int8Rows),
+        ];
+        for l in 0..self.layers {
+            let p = |s: &str| format!("layers.{l}.{s}");
+            t.push((p("norm1.gain"), vec![d], Kind::F32));
+            t.push((p("attn.qkv"), vec![3 * d, d], Kind::Int8Rows));
+            t.push((
+                p("attn.frame_bias"),
+                vec![self.heads, self.context_frames + 1],
+                Kind::F32,
+            ));
+            t.push((p("attn.out"), vec![d, d], Kind::Int8Rows));
+            t.push((p("norm2.gain"), vec![d], Kind::F32));
+            t.push((p("mlp.up"), vec![m, d], Kind::Int8Rows));
+            t.push((p("mlp.down"), vec![d, m], Kind::Int8Rows));
+        }
+        t.push(("norm_out.gain".to_string(), vec![d], Kind::F32));
+        t.push(("head_bias".to_string(), vec![VOCAB], Kind::F32));
+        t
+    }
+
+    /// The spec as safetensors metadata.
+    pub fn to_metadata(&self) -> HashMap<String, String> {
+        [
+            ("format", "cvq-gpt-int8-1".to_string()),
+            ("layers", self.layers.to_string()),
+            ("width", self.width.to_string()),
+            ("heads", self.heads.to_string()),
+            ("context_frames", self.context_frames.to_string()),
+            ("mlp_width", self.mlp_width.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self> {
+        let get = |k: &str| -> Result<usize> {
+            meta.get(k)
+                .with_context(|| format!("metadata lacks {k:?}"))?
+                .parse()
+                .with_context(|| format!("metadata {k:?} is not a number"))
+        };
+        let format = meta.get("format").map(String::as_str);
+        ensure!(
+            format == Some("cvq-gpt-int8-1"),
+            "metadata format is {format:?}, expected \"cvq-gpt-int8-1\""
+        );
+        let spec = ModelSpec {
+            layers: get("layers")?,
+            width: get("width")?,
+            heads: get("heads")?,
+            context_frames: get("context_frames")?,
+            mlp_width: get("mlp_width")?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Multiply-accumulates of the linear layers per token (attention excluded).
+    pub fn linear_macs(&self) -> usize {
+        let (d, m) = (self.width, self.mlp_width);
+        self.layers * (4 * d * d + 2 * d * m) + VOCAB * d
+    }
+}

@@ -1,0 +1,308 @@
+//! Int8 weights in safetensors: each matrix `NAME` is int8 `[out, in]` with an f32 scale
+//! per output row in `NAME.scale`; gains and biases are f32. The spec is in the metadata.
+
+use super::spec::{Kind, ModelSpec};
+use anyhow::{bail, ensure, Context, Result};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// An int8 matrix `[rows, cols]` (rows = outputs) with one scale per row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    pub rows: usize,
+    pub cols: usize,
+    pub w: Vec<i8>,
+    pub scale: Vec<f32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub norm1: Vec<f32>,
+    pub qkv: Linear,
+    pub frame_bias: Vec<f32>,
+    pub out: Linear,
+    pub norm2: Vec<f32>,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    pub spec: ModelSpec,
+    pub tok_prev: Linear,
+    pub tok_same: Linear,
+    pub pos: Linear,
+    pub layers: Vec<Layer>,
+    pub norm_out: Vec<f32>,
+    pub head_bias: Vec<f32>,
+    /// SHA-256 of the safetensors bytes: the model id archives record.
+    pub hash: [u8; 32],
+}
+
+enum Value {
+    Linear(Linear),
+    F32(Vec<f32>),
+}
+
+impl Weights {
+    pub fn load(path: &Path) -> Result<Weights> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Weights::from_bytes(&bytes)
+            .with_context(|| format!("{}: not valid cvq weights", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Weights> {
+        use sha2::{Digest, Sha256};
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let spec = ModelSpec::from_metadata(
+            meta.metadata()
+                .as_ref()
+                .context("no metadata (the model spec)")?,
+        )?;
+        let expected = spec.tensors();
+        let mut values: HashMap<String, Value> = HashMap::new();
+        for (name, shape, kind) in &expected {
+            let v = match kind {
+                Kind::Int8Rows => Value::Linear(read_linear(&st, name, shape)?),
+                Kind::F32 => Value::F32(read_f32(&st, name, shape)?),
+            };
+            values.insert(name.clone(), v);
+        }
+        let known = expected.len() + expected.iter().filter(|t| t.2 == Kind::Int8Rows).count();
+        if st.len() != known {
+            let names: Vec<&str> = expected.iter().map(|t| t.0.as_str()).collect();
+            let extra: Vec<String> = st
+                .names()
+                .into_iter()
+                .filter(|n| !names.contains(&n.trim_end_matches(".scale")))
+                .map(String::from)
+                .collect();
+            bail!("unexpected tensors for this spec: {extra:?}");
+        }
+        let mut take_linear = |n: &str| match values.remove(n) {
+            Some(Value::Linear(l)) => l,
+            _ => unreachable!("spec lists {n} as a matrix"),
+        };
+        let (tok_prev, tok_same, pos) = (
+            take_linear("tok_prev"),
+            take_linear("tok_same"),
+            take_linear("pos"),
+        );
+        let mut layers = vec![];
+        for l in 0..spec.layers {
+            let p = |s: &str| format!("layers.{l}.{s}");
+            layers.push(Layer {
+                norm1: vec![],
+                qkv: take_linear(&p("attn.qkv")),
+                frame_bias: vec![],
+                out: take_linear(&p("attn.out")),
+                norm2: vec![],
+                up: take_linear(&p("mlp.up")),
+                down: take_linear(&p("mlp.down")),
+            });
+        }
+        let mut take_f32 = |n: &str| match values.remove(n) {
+            Some(Value::F32(v)) => v,
+            _ => unreachable!("spec lists {n} as f32"),
+        };
+        for (l, layer) in layers.iter_mut().enumerate() {
+            layer.norm1 = take_f32(&format!("layers.{l}.norm1.gain"));
+            layer.frame_bias = take_f32(&format!("layers.{l}.attn.frame_bias"));
+            layer.norm2 = take_f32(&format!("layers.{l}.norm2.gain"));
+        }
+        Ok(Weights {
+            spec,
+            tok_prev,
+            tok_same,
+            pos,
+            layers,
+            norm_out: take_f32("norm_out.gain"),
+            head_bias: take_f32("head_bias"),
+            hash: Sha256::digest(bytes).into(),
+        })
+    }
+
+    /// The safetensors bytes of these weights.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
+        let mut linear = |name: &str, l: &Linear| {
+            owned.push((
+                name.into(),
+                Dtype::I8,
+                vec![l.rows, l.cols],
+                l.w.iter().map(|&x| x as u8).collect(),
+            ));
+            owned.push((
+                format!("{name}.scale"),
+                Dtype::F32,
+                vec![l.rows],
+                f32_bytes(&l.scale),
+            ));
+        };
+        linear("tok_prev", &self.tok_prev);
+        linear("tok_same", &self.tok_same);
+        linear("pos", &self.pos);
+        for (l, layer) in self.layers.iter().enumerate() {
+            linear(&format!("layers.{l}.attn.qkv"), &layer.qkv);
+            linear(&format!("layers.{l}.attn.out"), &layer.out);
+            linear(&format!("layers.{l}.mlp.up"), &layer.up);
+            linear(&format!("layers.{l}.mlp.down"), &layer.down);
+        }
+        let mut f32s = vec![
+            ("norm_out.gain".to_string(), &self.norm_out),
+            ("head_bias".to_string(), &self.head_bias),
+        ];
+        for (l, layer) in self.layers.iter().enumerate() {
+            f32s.push((format!("layers.{l}.norm1.gain"), &layer.norm1));
+            f32s.push((format!("layers.{l}.attn.frame_bias"), &layer.frame_bias));
+            f32s.push((format!("layers.{l}.norm2.gain"), &layer.norm2));
+        }
+        let shapes: HashMap<String, Vec<usize>> = self
+            .spec
+            .tensors()
+            .into_iter()
+            .map(|(n, s, _)| (n, s))
+            .collect();
+        for (name, v) in f32s {
+            owned.push((
+                name.clone(),
+                Dtype::F32,
+                shapes[&name].clone(),
+                f32_bytes(v),
+            ));
+        }
+        let views = owned
+            .iter()
+            .map(|(n, dt, shape, data)| Ok((n.clone(), TensorView::new(*dt, shape.clone(), data)?)))
+            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+        Ok(safetensors::serialize(
+            views,
+            Some(self.spec.to_metadata()),
+        )?)
+    }
+
+    /// A seeded random model, for tests and benchmarks: weights ~ uniform int8, scales such
+    /// that activations keep a unit-ish scale. Same seed, same bytes, on every machine.
+    pub fn random(spec: ModelSpec, seed: u64) -> Result<Weights> {
+        spec.validate()?;
+        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut linear = |rows: usize, cols: usize, gain: f32| Linear {
+            rows,
+            cols,
+            w: (0..rows * cols)
+                .map(|_| ((rng.next() % 255) as i32 - 127) as i8)
+                .collect(),
+            // Uniform int8 has standard deviation ~73; aim each output at `gain`.
+            scale: vec![gain / (73.0 * (cols as f32).sqrt()); rows],
+        };
+        let (d, m, k) = (spec.width, spec.mlp_width, spec.context_frames);
+        let embed = |l: &mut dyn FnMut(usize, usize, f32) -> Linear, rows| {
+            let mut e = l(rows, d, 1.0);
+            e.scale = vec![1.0 / 73.0; rows];
+            e
+        };
+        let tok_prev = embed(&mut linear, super::spec::INPUT_VOCAB);
+        let tok_same = embed(&mut linear, super::spec::INPUT_VOCAB);
+        let pos = embed(&mut linear, crate::data::TOKENS_PER_FRAME);
+        let layers = (0..spec.layers)
+            .map(|_| Layer {
+                norm1: vec![1.0; d],
+                qkv: linear(3 * d, d, 1.0),
+                frame_bias: (0..spec.heads * (k + 1))
+                    .map(|i| -((i % (k + 1)) as f32) * 0.5)
+                    .collect(),
+                out: linear(d, d, 0.5),
+                norm2: vec![1.0; d],
+                up: linear(m, d, 1.0),
+                down: linear(d, m, 0.5),
+            })
+            .collect();
+        let w = Weights {
+            spec,
+            tok_prev,
+            tok_same,
+            pos,
+            layers,
+            norm_out: vec![1.0; d],
+            head_bias: (0..crate::data::VOCAB)
+                .map(|i| (i % 7) as f32 * 0.1)
+                .collect(),
+            hash: [0; 32],
+        };
+        // Round-trip through the file format so the hash is that of the bytes a user would save.
+        Weights::from_bytes(&w.to_bytes()?)
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn view<'a>(
+    st: &SafeTensors<'a>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+) -> Result<TensorView<'a>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| anyhow::anyhow!("missing tensor {name:?}"))?;
+    ensure!(
+        t.dtype() == dtype,
+        "tensor {name:?} is {:?}, expected {dtype:?}",
+        t.dtype()
+    );
+    ensure!(
+        t.shape() == shape,
+        "tensor {name:?} has shape {:?}, expected {shape:?}",
+        t.shape()
+    );
+    Ok(t)
+}
+
+fn read_f32(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let v: Vec<f32> = view(st, name, Dtype::F32, shape)?
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    ensure!(
+        v.iter().all(|x| x.is_finite()),
+        "tensor {name:?} holds a non-finite value"
+    );
+    Ok(v)
+}
+
+fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> {
+    let w = view(st, name, Dtype::I8, shape)?
+        .data()
+        .iter()
+        .map(|&b| b as i8)
+        .collect();
+    let scale = read_f32(st, &format!("{name}.scale"), &shape[..1])?;
+    ensure!(
+        scale.iter().all(|&s| (0.0..=1.0e3).contains(&s)),
+        "tensor {name:?}.scale holds a value outside 0..=1000"
+    );
+    Ok(Linear {
+        rows: shape[0],
+        cols: shape[1],
+        w,
+        scale,
+    })
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

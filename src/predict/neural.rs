@@ -1,0 +1,105 @@
+//! The neural predictor: the integer transformer's output as the coder's frequency table.
+//! Tables are computed lazily one segment at a time, or for many segments at once by
+//! `prepare` (one batched forward step); both give the same integers.
+
+use super::transformer::{Session, Transformer};
+use super::{Interval, Predictor};
+use crate::data::VOCAB;
+use std::sync::Arc;
+
+/// A frequency table as cumulative counts: token `t` owns `[cum[t], cum[t + 1])`.
+pub struct FreqTable {
+    cum: Vec<u32>,
+}
+
+impl FreqTable {
+    pub fn new(freqs: &[u32]) -> FreqTable {
+        let mut cum = Vec::with_capacity(freqs.len() + 1);
+        cum.push(0);
+        for &f in freqs {
+            cum.push(cum.last().unwrap() + f);
+        }
+        FreqTable { cum }
+    }
+
+    pub fn interval(&self, t: u16) -> Interval {
+        let t = usize::from(t);
+        Interval {
+            start: self.cum[t],
+            freq: self.cum[t + 1] - self.cum[t],
+        }
+    }
+
+    pub fn find(&self, target: u32) -> (u16, Interval) {
+        let t = self.cum.partition_point(|&c| c <= target) - 1;
+        (t as u16, self.interval(t as u16))
+    }
+}
+
+pub struct Neural {
+    model: Arc<Transformer>,
+    session: Session,
+    table: Option<FreqTable>,
+}
+
+impl Neural {
+    pub fn new(model: Arc<Transformer>, tokens: usize) -> Neural {
+        let session = model.session(tokens);
+        Neural {
+            model,
+            session,
+            table: None,
+        }
+    }
+
+    /// Compute the next token's table of every predictor in one batched step. All must share
+    /// one model.
+    pub fn prepare(preds: &mut [&mut Neural]) {
+        let pending: Vec<usize> = (0..preds.len())
+            .filter(|&i| preds[i].table.is_none())
+            .collect();
+        let Some(&first) = pending.first() else {
+            return;
+        };
+        let model = Arc::clone(&preds[first].model);
+        let mut sessions: Vec<&mut Session> = vec![];
+        for (i, p) in preds.iter_mut().enumerate() {
+            if pending.contains(&i) {
+                debug_assert!(Arc::ptr_eq(&p.model, &model));
+                sessions.push(&mut p.session);
+            }
+        }
+        let logits = model.forward(&mut sessions);
+        let mut freqs = vec![0u32; VOCAB];
+        for (&i, row) in pending.iter().zip(logits.chunks_exact(VOCAB)) {
+            model.frequencies(row, &mut freqs);
+            preds[i].table = Some(FreqTable::new(&freqs));
+        }
+    }
+
+    fn table(&mut self) -> &FreqTable {
+        if self.table.is_none() {
+            Neural::prepare(&mut [self]);
+        }
+        self.table.as_ref().unwrap()
+    }
+}
+
+impl Predictor for Neural {
+    fn interval(&mut self, token: u16) -> Interval {
+        self.table().interval(token)
+    }
+
+    fn find(&mut self, target: u32) -> (u16, Interval) {
+        self.table().find(target)
+    }
+
+    fn update(&mut self, token: u16) {
+        if self.table.is_none() {
+            // The token's element must enter the cache before the next one is predicted.
+            self.table();
+        }
+        self.session.tokens.push(token);
+        self.table = None;
+    }
+}

@@ -1,0 +1,172 @@
+//! Fixed-point building blocks of the integer transformer. Every table is built from integer
+//! operations (square roots, products, shifts), never from a float library, so all machines
+//! agree on every bit.
+//!
+//! Conventions: activations are `i32` in Q12 (value = x / 4096); attention logits are Q8
+//! (1/256 nats); probabilities and exponentials are Q30.
+
+/// log2(e) in Q24.
+const LOG2_E_Q24: u64 = 24_204_406;
+
+/// Q30 values of `2^(-f/256)` for f in 0..=256, and the GELU table.
+pub struct Tables {
+    exp2_frac: [u64; 257],
+    /// GELU(x) in Q12 at x = (i - 512) / 64, i in 0..=1024.
+    gelu: Vec<i32>,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tables {
+    pub fn new() -> Self {
+        let one = 1u64 << 30;
+        // c[k] = 2^(-2^k / 256) in Q30: c[7] = 2^-1/2, then repeated square roots.
+        let mut c = [0u64; 8];
+        c[7] = (one * one / 2).isqrt();
+        for k in (0..7).rev() {
+            c[k] = (c[k + 1] << 30).isqrt();
+        }
+        let mut exp2_frac = [one / 2; 257];
+        for (f, v) in exp2_frac.iter_mut().enumerate().take(256) {
+            *v = (0..8)
+                .filter(|k| f >> k & 1 == 1)
+                .fold(one, |acc, k| (acc * c[k] + (1 << 29)) >> 30);
+        }
+        let mut t = Tables {
+            exp2_frac,
+            gelu: vec![],
+        };
+        t.gelu = (0..=1024)
+            .map(|i| t.gelu_exact((i as i64 - 512) << 6))
+            .collect();
+        t
+    }
+
+    /// `e^(-d/256)` in Q30 for a Q8 distance `d >= 0`.
+    pub fn exp_neg(&self, d: u32) -> u64 {
+        // y = d * log2(e) in Q32: integer part n, then 8 bits for the table, 16 to interpolate.
+        let y = u64::from(d) * LOG2_E_Q24;
+        let (n, f, r) = (y >> 32, (y >> 24 & 255) as usize, y >> 8 & 0xffff);
+        if n >= 31 {
+            return 0;
+        }
+        let (a, b) = (self.exp2_frac[f], self.exp2_frac[f + 1]);
+        (a - (((a - b) * r + (1 << 15)) >> 16)) >> n
+    }
+
+    /// GELU (tanh form) of a Q12 value, computed from `exp_neg`; used to fill the table.
+    fn gelu_exact(&self, x: i64) -> i32 {
+        // z = sqrt(2/pi) * (x + 0.044715 x^3), in Q12; constants in Q16.
+        let x3 = x * x / 4096 * x / 4096;
+        let z = (52_290 * (x + (2_930 * x3 >> 16))) >> 16;
+        // tanh|z| = (1 - e^(-2|z|)) / (1 + e^(-2|z|)); e^-u with u in Q8 = 2|z| >> 4.
+        let e = self.exp_neg(((2 * z.abs()) >> 4).min(u32::MAX as i64) as u32) as i64;
+        let tanh = ((1i64 << 30) - e) * (1 << 30) / ((1i64 << 30) + e); // Q30
+        let tanh = if z < 0 { -tanh } else { tanh };
+        ((x * ((1i64 << 30) + tanh)) >> 31) as i32
+    }
+
+    /// GELU of a Q12 value: table lookup with linear interpolation over [-8, 8).
+    pub fn gelu(&self, x: i32) -> i32 {
+        const LO: i32 = -8 << 12;
+        if x >= -LO {
+            return x;
+        }
+        if x < LO {
+            return 0;
+        }
+        let u = x - LO;
+        let (i, frac) = ((u >> 6) as usize, u & 63);
+        let (a, b) = (self.gelu[i], self.gelu[i + 1]);
+        a + (((b - a) * frac + 32) >> 6)
+    }
+}
+
+/// Round `v / 2^s` (s > 0) or compute `v * 2^-s` (s <= 0), saturating to i32.
+pub fn shift_round(v: i64, s: i32) -> i32 {
+    let r = if s > 0 {
+        (v + (1i64 << (s - 1).min(62))) >> s.min(63)
+    } else {
+        v.checked_shl((-s) as u32)
+            .filter(|r| r >> (-s) == v)
+            .unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+    };
+    r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+/// Largest magnitude of a quantized activation.
+pub const QMAX: i32 = 2047;
+
+/// Quantize Q12 values to 12-bit integers with a shared power-of-two scale:
+/// `x ~= q * 2^shift`. Returns `shift`. The largest |x| maps into 1024..=2047.
+pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
+    let m = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+    let shift = (32 - m.leading_zeros()) as i32 - 11;
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = shift_round(i64::from(xi), shift).clamp(-QMAX, QMAX) as i16;
+    }
+    shift
+}
+
+/// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
+pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
+    let sum: u128 = x
+        .iter()
+        .map(|&v| (i64::from(v) * i64::from(v)) as u128)
+        .sum();
+    let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));
+    let rms_q12 = mean_q24.isqrt() as i64;
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(gain_q12) {
+        *o = (i64::from(v) * i64::from(g) / rms_q12).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    }
+}
+
+/// An f32 scale or gain as a fixed-point integer with `frac_bits` fractional bits. Exact IEEE
+/// operations only (a power-of-two multiply and a round), so every machine gets the same value.
+pub fn to_fixed(v: f32, frac_bits: i32) -> i64 {
+    (f64::from(v) * 2f64.powi(frac_bits)).round() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_gelu_track_their_float_definitions() {
+        let t = Tables::new();
+        for d in (0..4096).step_by(13) {
+            let want = (-(d as f64) / 256.0).exp() * (1u64 << 30) as f64;
+            assert!(
+                (t.exp_neg(d) as f64 - want).abs() <= want * 1e-5 + 2.0,
+                "d={d}: {} vs {want}",
+                t.exp_neg(d)
+            );
+        }
+        for i in (-40_000..40_000).step_by(97) {
+            let x = i as f64 / 4096.0;
+            let want = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            let got = t.gelu(i) as f64 / 4096.0;
+            assert!((got - want).abs() < 2e-3, "x={x}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn quantize_keeps_eleven_bits() {
+        let x = [4096 * 3, -4096 * 5, 17, 0];
+        let mut q = [0i16; 4];
+        let s = quantize(&x, &mut q);
+        assert!(q.iter().map(|v| v.abs()).max().unwrap() >= 1024);
+        for (&xi, &qi) in x.iter().zip(&q) {
+            assert!((i64::from(qi) << s) - i64::from(xi) <= 1 << s);
+        }
+        let mut q = [0i16; 2];
+        assert_eq!(quantize(&[3, -1], &mut q), -9);
+        assert_eq!(q, [1536, -512]);
+    }
+}

@@ -1,0 +1,360 @@
+//! The integer transformer: the model of `model::spec` run in integer arithmetic only.
+//!
+//! Weights are int8 (widened to i16 for the SIMD multiply-add), activations are quantized per
+//! row (or per head) to 12 bits with a power-of-two scale, products accumulate in i32, and
+//! every rescale is an integer multiply and a rounding shift (`fixed.rs`). Rows never mix:
+//! a row's result is the same whatever else is in the batch, and on every machine.
+//!
+//! Reads like llama2.c: `Transformer` holds the prepared weights, `Session` one segment's
+//! state (its tokens and the key/value cache), `forward` runs one step for a batch of sessions.
+
+mod fixed;
+pub mod kernels;
+
+use crate::data::{TOKENS_PER_FRAME, VOCAB};
+use crate::model::spec::{BOS, INPUT_VOCAB};
+use crate::model::{Linear, ModelSpec, Weights};
+use crate::predict::TOTAL;
+use fixed::{quantize, rms_norm, shift_round, to_fixed, Tables};
+
+/// A linear layer ready for the kernels: i16 weights `[rows, cols]`, scales in Q24.
+struct Matrix {
+    cols: usize,
+    w: Vec<i16>,
+    scale_q24: Vec<i64>,
+}
+
+impl Matrix {
+    fn new(l: &Linear, rows: usize) -> Matrix {
+        Matrix {
+            cols: l.cols,
+            w: l.w[..rows * l.cols].iter().map(|&v| i16::from(v)).collect(),
+            scale_q24: l.scale[..rows].iter().map(|&s| to_fixed(s, 24)).collect(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.scale_q24.len()
+    }
+
+    /// Q12 outputs for a batch of quantized rows `x` with their shifts.
+    fn apply(&self, x: &[i16], shifts: &[i32], out: &mut [i32]) {
+        kernels::matmul(x, self.cols, &self.w, out);
+        for (row, &shift) in out.chunks_exact_mut(self.rows()).zip(shifts) {
+            for (o, &s) in row.iter_mut().zip(&self.scale_q24) {
+                *o = shift_round(i64::from(*o) * s, 24 - shift);
+            }
+        }
+    }
+}
+
+/// An embedding table dequantized to Q12 rows.
+fn embedding(l: &Linear) -> Vec<i32> {
+    l.w.chunks_exact(l.cols)
+        .zip(&l.scale)
+        .flat_map(|(row, &s)| {
+            let s = to_fixed(s, 24);
+            row.iter().map(move |&w| shift_round(i64::from(w) * s, 12))
+        })
+        .collect()
+}
+
+fn q12(v: &[f32]) -> Vec<i32> {
+    v.iter()
+        .map(|&g| to_fixed(g, 12).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+        .collect()
+}
+
+struct Layer {
+    norm1: Vec<i32>,
+    qkv: Matrix,
+    /// Attention logit bias per head and frame offset, Q8.
+    frame_bias: Vec<i32>,
+    out: Matrix,
+    norm2: Vec<i32>,
+    up: Matrix,
+    down: Matrix,
+}
+
+pub struct Transformer {
+    pub spec: ModelSpec,
+    pub hash: [u8; 32],
+    tables: Tables,
+    tok_prev: Vec<i32>,
+    tok_same: Vec<i32>,
+    pos: Vec<i32>,
+    layers: Vec<Layer>,
+    norm_out: Vec<i32>,
+    /// Output matrix: `tok_same`'s first 1024 rows (tied).
+    head: Matrix,
+    head_bias: Vec<i32>,
+}
+
+/// One segment's state: the tokens so far and, per layer, the keys and values of the last
+/// `context_frames + 1` frames in a ring indexed by `(frame mod (K+1)) * 128 + position`.
+pub struct Session {
+    pub tokens: Vec<u16>,
+    keys: Vec<Cache>,
+    values: Vec<Cache>,
+}
+
+struct Cache {
+    /// Quantized vectors, `[window, width]`.
+    q: Vec<i16>,
+    /// Power-of-two scale per slot and head, `[window, heads]`.
+    shift: Vec<i32>,
+}
+
+impl Transformer {
+    pub fn new(w: &Weights) -> Transformer {
+        let layers = w
+            .layers
+            .iter()
+            .map(|l| Layer {
+                norm1: q12(&l.norm1),
+                qkv: Matrix::new(&l.qkv, l.qkv.rows),
+                frame_bias: l
+                    .frame_bias
+                    .iter()
+                    .map(|&b| to_fixed(b, 8).clamp(-1 << 20, 1 << 20) as i32)
+                    .collect(),
+                out: Matrix::new(&l.out, l.out.rows),
+                norm2: q12(&l.norm2),
+                up: Matrix::new(&l.up, l.up.rows),
+                down: Matrix::new(&l.down, l.down.rows),
+            })
+            .collect();
+        Transformer {
+            spec: w.spec,
+            hash: w.hash,
+            tables: Tables::new(),
+            tok_prev: embedding(&w.tok_prev),
+            tok_same: embedding(&w.tok_same),
+            pos: embedding(&w.pos),
+            layers,
+            norm_out: q12(&w.norm_out),
+            head: Matrix::new(&w.tok_same, VOCAB),
+            head_bias: q12(&w.head_bias),
+        }
+    }
+
+    pub fn session(&self, capacity: usize) -> Session {
+        let (win, d, h) = (self.spec.window(), self.spec.width, self.spec.heads);
+        let cache = || Cache {
+            q: vec![0; win * d],
+            shift: vec![0; win * h],
+        };
+        Session {
+            tokens: Vec::with_capacity(capacity),
+            keys: (0..self.spec.layers).map(|_| cache()).collect(),
+            values: (0..self.spec.layers).map(|_| cache()).collect(),
+        }
+    }
+
+    /// Logits (Q12, `[batch, 1024]`) for the next token of each session, computing and caching
+    /// the keys and values of that token's element.
+    pub fn forward(&self, sessions: &mut [&mut Session]) -> Vec<i32> {
+        let (b, d) = (sessions.len(), self.spec.width);
+        let mut x = vec![0i32; b * d];
+        for (s, xr) in sessions.iter().zip(x.chunks_exact_mut(d)) {
+            let p = s.tokens.len();
+            let prev = if p > 0 {
+                usize::from(s.tokens[p - 1])
+            } else {
+                BOS
+            };
+            let same = if p >= TOKENS_PER_FRAME {
+                usize::from(s.tokens[p - TOKENS_PER_FRAME])
+            } else {
+                BOS
+            };
+            debug_assert!(prev < INPUT_VOCAB && same < INPUT_VOCAB);
+            let rows = [
+                &self.tok_prev[prev * d..][..d],
+                &self.tok_same[same * d..][..d],
+                &self.pos[p % TOKENS_PER_FRAME * d..][..d],
+            ];
+            for (i, v) in xr.iter_mut().enumerate() {
+                *v = rows.iter().fold(0i32, |acc, r| acc.saturating_add(r[i]));
+            }
+        }
+        let mut scratch = Scratch::new(b, d);
+        for (l, layer) in self.layers.iter().enumerate() {
+            scratch.norm_quantize(&x, &layer.norm1, d);
+            let mut qkv = vec![0i32; b * 3 * d];
+            layer.qkv.apply(&scratch.q, &scratch.shifts, &mut qkv);
+            let mut attn = vec![0i32; b * d];
+            for ((s, row), out) in sessions
+                .iter_mut()
+                .zip(qkv.chunks_exact(3 * d))
+                .zip(attn.chunks_exact_mut(d))
+            {
+                self.attend(layer, l, s, row, out);
+            }
+            scratch.quantize_rows(&attn, d);
+            self.residual(&layer.out, &scratch, &mut x);
+            scratch.norm_quantize(&x, &layer.norm2, d);
+            let m = self.spec.mlp_width;
+            let mut hidden = vec![0i32; b * m];
+            layer.up.apply(&scratch.q, &scratch.shifts, &mut hidden);
+            hidden.iter_mut().for_each(|v| *v = self.tables.gelu(*v));
+            scratch.quantize_rows(&hidden, m);
+            self.residual(&layer.down, &scratch, &mut x);
+        }
+        scratch.norm_quantize(&x, &self.norm_out, d);
+        let mut logits = vec![0i32; b * VOCAB];
+        self.head.apply(&scratch.q, &scratch.shifts, &mut logits);
+        for row in logits.chunks_exact_mut(VOCAB) {
+            row.iter_mut()
+                .zip(&self.head_bias)
+                .for_each(|(v, &bias)| *v = v.saturating_add(bias));
+        }
+        logits
+    }
+
+    fn residual(&self, m: &Matrix, scratch: &Scratch, x: &mut [i32]) {
+        let mut y = vec![0i32; x.len()];
+        m.apply(&scratch.q, &scratch.shifts, &mut y);
+        x.iter_mut()
+            .zip(&y)
+            .for_each(|(a, &b)| *a = a.saturating_add(b));
+    }
+
+    /// Multi-head attention of one session's new element (its `q, k, v` in `qkv`, Q12) over
+    /// the cached window; writes the Q12 result to `out`.
+    fn attend(&self, layer: &Layer, l: usize, s: &mut Session, qkv: &[i32], out: &mut [i32]) {
+        let spec = &self.spec;
+        let (d, hd, k_frames) = (spec.width, spec.head_dim(), spec.context_frames);
+        let p = s.tokens.len();
+        let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
+        let slot_of = |frame: usize, pos: usize| (frame % (k_frames + 1)) * TOKENS_PER_FRAME + pos;
+        let here = slot_of(t, pos);
+        let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
+        let mut q = vec![0i16; hd];
+        // Slots in the window, oldest frame first, with their frame offsets.
+        let first = t.saturating_sub(k_frames);
+        let slots: Vec<(usize, usize)> = (first..=t)
+            .flat_map(|f| {
+                (0..if f == t { pos + 1 } else { TOKENS_PER_FRAME })
+                    .map(move |i| (slot_of(f, i), t - f))
+            })
+            .collect();
+        let mut logits = vec![0i32; slots.len()];
+        let mut weights = vec![0u64; slots.len()];
+        let mut acc = vec![0i32; hd];
+        for h in 0..spec.heads {
+            let span = h * hd..(h + 1) * hd;
+            keys.shift[here * spec.heads + h] = quantize(
+                &qkv[d + span.start..d + span.end],
+                &mut keys.q[here * d..][span.clone()],
+            );
+            values.shift[here * spec.heads + h] = quantize(
+                &qkv[2 * d + span.start..2 * d + span.end],
+                &mut values.q[here * d..][span.clone()],
+            );
+            let sq = quantize(&qkv[span.clone()], &mut q);
+            for (lg, &(slot, dt)) in logits.iter_mut().zip(&slots) {
+                let dot = kernels::dot(&q, &keys.q[slot * d..][span.clone()]);
+                let sk = keys.shift[slot * spec.heads + h];
+                *lg = shift_round(i64::from(dot), 16 - sq - sk)
+                    .saturating_add(layer.frame_bias[h * (k_frames + 1) + dt]);
+            }
+            let max = *logits
+                .iter()
+                .max()
+                .expect("the window holds at least the element itself");
+            for (w, &lg) in weights.iter_mut().zip(&logits) {
+                *w = self
+                    .tables
+                    .exp_neg((max as i64 - lg as i64).min(u32::MAX as i64) as u32);
+            }
+            let sum: u64 = weights.iter().sum();
+            let vmax = slots
+                .iter()
+                .zip(&weights)
+                .filter(|(_, &w)| w > 0)
+                .map(|(&(slot, _), _)| values.shift[slot * spec.heads + h])
+                .max()
+                .unwrap();
+            acc.fill(0);
+            for (&(slot, _), &w) in slots.iter().zip(&weights) {
+                // Probability in Q19, scaled down to the largest value shift in the window.
+                let gap = (vmax - values.shift[slot * spec.heads + h]) as u32;
+                let prob = if gap >= 32 {
+                    0
+                } else {
+                    (((w << 19) / sum) >> gap) as i32
+                };
+                if prob != 0 {
+                    kernels::axpy(prob, &values.q[slot * d..][span.clone()], &mut acc);
+                }
+            }
+            for (o, &a) in out[span].iter_mut().zip(&acc) {
+                *o = shift_round(i64::from(a), 19 - vmax);
+            }
+        }
+    }
+
+    /// The coder's frequency table for logits (Q12): softmax by the exp table, each token at
+    /// least 1, total exactly 2^24 (the remainder goes to the most likely token).
+    pub fn frequencies(&self, logits: &[i32], freqs: &mut [u32]) {
+        let l8: Vec<i32> = logits
+            .iter()
+            .map(|&l| shift_round(i64::from(l), 4))
+            .collect();
+        let max = *l8.iter().max().unwrap();
+        let e: Vec<u64> = l8
+            .iter()
+            .map(|&l| {
+                self.tables
+                    .exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)
+            })
+            .collect();
+        let sum: u64 = e.iter().sum();
+        let budget = u64::from(TOTAL) - VOCAB as u64;
+        for (f, &ev) in freqs.iter_mut().zip(&e) {
+            *f = 1 + (ev * budget / sum) as u32;
+        }
+        let used: u32 = freqs.iter().sum();
+        let top = l8.iter().position(|&l| l == max).unwrap();
+        freqs[top] += TOTAL - used;
+    }
+}
+
+/// Per-step buffers of a batch: normalized rows quantized for the next matrix.
+struct Scratch {
+    h: Vec<i32>,
+    q: Vec<i16>,
+    shifts: Vec<i32>,
+}
+
+impl Scratch {
+    fn new(b: usize, d: usize) -> Scratch {
+        Scratch {
+            h: vec![0; b * d],
+            q: vec![],
+            shifts: vec![0; b],
+        }
+    }
+
+    fn norm_quantize(&mut self, x: &[i32], gain: &[i32], d: usize) {
+        self.h.resize(x.len(), 0);
+        for (xr, hr) in x.chunks_exact(d).zip(self.h.chunks_exact_mut(d)) {
+            rms_norm(xr, gain, hr);
+        }
+        let h = std::mem::take(&mut self.h);
+        self.quantize_rows(&h, d);
+        self.h = h;
+    }
+
+    fn quantize_rows(&mut self, x: &[i32], width: usize) {
+        self.q.resize(x.len(), 0);
+        for ((xr, qr), s) in x
+            .chunks_exact(width)
+            .zip(self.q.chunks_exact_mut(width))
+            .zip(&mut self.shifts)
+        {
+            *s = quantize(xr, qr);
+        }
+    }
+}
