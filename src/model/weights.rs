@@ -36,7 +36,8 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     pub norm_out: Vec<f32>,
     pub head_bias: Vec<f32>,
-    /// SHA-256 of the safetensors bytes: the model id archives record.
+    /// The model id archives record: SHA-256 over the spec and every tensor's name, shape and
+    /// bytes in spec order (not over the file, whose JSON header order is not canonical).
     pub hash: [u8; 32],
 }
 
@@ -65,11 +66,24 @@ impl Weights {
         )?;
         let expected = spec.tensors();
         let mut values: HashMap<String, Value> = HashMap::new();
+        let mut hasher = Sha256::new();
+        let mut meta: Vec<_> = spec.to_metadata().into_iter().collect();
+        meta.sort();
+        hasher.update(format!("{meta:?}"));
         for (name, shape, kind) in &expected {
             let v = match kind {
                 Kind::Int8Rows => Value::Linear(read_linear(&st, name, shape)?),
                 Kind::F32 => Value::F32(read_f32(&st, name, shape)?),
             };
+            let names = match kind {
+                Kind::Int8Rows => vec![name.clone(), format!("{name}.scale")],
+                Kind::F32 => vec![name.clone()],
+            };
+            for n in names {
+                let t = st.tensor(&n).expect("read above");
+                hasher.update(format!("{n}{:?}", t.shape()));
+                hasher.update(t.data());
+            }
             values.insert(name.clone(), v);
         }
         let known = expected.len() + expected.iter().filter(|t| t.2 == Kind::Int8Rows).count();
@@ -122,7 +136,7 @@ impl Weights {
             layers,
             norm_out: take_f32("norm_out.gain"),
             head_bias: take_f32("head_bias"),
-            hash: Sha256::digest(bytes).into(),
+            hash: hasher.finalize().into(),
         })
     }
 
@@ -168,12 +182,9 @@ impl Weights {
             .map(|(n, s, _)| (n, s))
             .collect();
         for (name, v) in f32s {
-            owned.push((
-                name.clone(),
-                Dtype::F32,
-                shapes[&name].clone(),
-                f32_bytes(v),
-            ));
+            // Shapes come from the spec; a tensor the spec lacks keeps a flat shape.
+            let shape = shapes.get(&name).cloned().unwrap_or_else(|| vec![v.len()]);
+            owned.push((name, Dtype::F32, shape, f32_bytes(v)));
         }
         let views = owned
             .iter()
@@ -202,7 +213,8 @@ impl Weights {
         let (d, m, k) = (spec.width, spec.mlp_width, spec.context_frames);
         let embed = |l: &mut dyn FnMut(usize, usize, f32) -> Linear, rows| {
             let mut e = l(rows, d, 1.0);
-            e.scale = vec![1.0 / 73.0; rows];
+            // Unit-norm rows: tied output logits then span a few nats, as a trained model's do.
+            e.scale = vec![1.0 / (73.0 * (d as f32).sqrt()); rows];
             e
         };
         let tok_prev = embed(&mut linear, super::spec::INPUT_VOCAB);
@@ -233,7 +245,7 @@ impl Weights {
                 .collect(),
             hash: [0; 32],
         };
-        // Round-trip through the file format so the hash is that of the bytes a user would save.
+        // Round-trip through the file format so the hash is computed as for a loaded file.
         Weights::from_bytes(&w.to_bytes()?)
     }
 }
