@@ -7,24 +7,15 @@ use cvq::predict::Model;
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
     std::fs::create_dir_all(&dir)?;
-    let frames = |n: usize, step: usize| -> Vec<u16> {
-        (0..n * 128)
-            .map(|i| ((i * step + i / 128) % 1024) as u16)
-            .collect()
-    };
+    let frames =
+        |n: usize, step: usize| -> Vec<u16> { (0..n * 128).map(|i| ((i * step + i / 128) % 1024) as u16).collect() };
     let sets = [
         vec![Segment::int16("a", frames(2, 3))],
-        vec![
-            Segment::int16("b_1", frames(3, 7)),
-            Segment::int16("b_2", frames(1, 11)),
-        ],
+        vec![Segment::int16("b_1", frames(3, 7)), Segment::int16("b_2", frames(1, 11))],
         vec![Segment::int16("empty", vec![])],
     ];
     for (i, segments) in sets.iter().enumerate() {
-        std::fs::write(
-            format!("{dir}/seed{i}.cvq"),
-            compress_segments(&Model::ContextMix, segments)?,
-        )?;
+        std::fs::write(format!("{dir}/seed{i}.cvq"), compress_segments(&Model::ContextMix, segments)?)?;
     }
     Ok(())
 }

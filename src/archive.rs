@@ -88,39 +88,25 @@ pub fn write(model_id: &[u8; 32], segments: &[CodedSegment]) -> Vec<u8> {
 /// Parse and validate an archive's index. Payloads are checked when decoded.
 pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
     let mut r = Reader { bytes, pos: 0 };
-    ensure!(
-        r.take(4).ok() == Some(&MAGIC[..]),
-        "not a cvq archive (bad magic)"
-    );
+    ensure!(r.take(4).ok() == Some(&MAGIC[..]), "not a cvq archive (bad magic)");
     let version = r.take(1)?[0];
-    ensure!(
-        version == VERSION,
-        "archive format version {version} is not supported (this cvq reads {VERSION})"
-    );
+    ensure!(version == VERSION, "archive format version {version} is not supported (this cvq reads {VERSION})");
     let model_id: [u8; 32] = r.take(32)?.try_into().unwrap();
     let n_headers = r.count("header count")?;
     let headers = (0..n_headers)
-        .map(|i| {
-            r.bytes(MAX_HEADER)
-                .with_context(|| format!("npy header {i}"))
-        })
+        .map(|i| r.bytes(MAX_HEADER).with_context(|| format!("npy header {i}")))
         .collect::<Result<Vec<_>>>()?;
     let n_segments = r.count("segment count")?;
     let mut entries = Vec::new();
     let mut offset = 0usize;
     for i in 0..n_segments {
-        let e = r
-            .entry(offset, headers.len())
-            .with_context(|| format!("index entry of segment {i}"))?;
+        let e = r.entry(offset, headers.len()).with_context(|| format!("index entry of segment {i}"))?;
         offset = e.payload.end;
         entries.push(e);
     }
     let index_end = r.pos;
     let stored_crc = u32::from_le_bytes(r.take(4).context("index checksum")?.try_into().unwrap());
-    ensure!(
-        crc32fast::hash(&bytes[..index_end]) == stored_crc,
-        "archive index is corrupt (checksum mismatch)"
-    );
+    ensure!(crc32fast::hash(&bytes[..index_end]) == stored_crc, "archive index is corrupt (checksum mismatch)");
     let base = r.pos;
     ensure!(
         bytes.len() - base == offset,
@@ -130,12 +116,7 @@ pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
     for e in &mut entries {
         e.payload = e.payload.start + base..e.payload.end + base;
     }
-    Ok(Archive {
-        model_id,
-        headers,
-        entries,
-        bytes,
-    })
+    Ok(Archive { model_id, headers, entries, bytes })
 }
 
 struct Reader<'a> {
@@ -166,10 +147,7 @@ impl<'a> Reader<'a> {
     /// A count of index items; each takes at least one byte, so more than the bytes left is forged.
     fn count(&mut self, what: &str) -> Result<usize> {
         let n = self.varint()?;
-        ensure!(
-            n <= (self.bytes.len() - self.pos) as u64,
-            "{what} {n} exceeds the archive's size"
-        );
+        ensure!(n <= (self.bytes.len() - self.pos) as u64, "{what} {n} exceeds the archive's size");
         Ok(n as usize)
     }
 
@@ -183,20 +161,11 @@ impl<'a> Reader<'a> {
         let name = std::str::from_utf8(self.bytes(MAX_NAME)?).context("name is not UTF-8")?;
         check_name(name)?;
         let header = self.varint()?;
-        ensure!(
-            header < n_headers as u64,
-            "header reference {header} out of range ({n_headers} headers)"
-        );
+        ensure!(header < n_headers as u64, "header reference {header} out of range ({n_headers} headers)");
         let frames = self.varint()?;
-        ensure!(
-            frames <= MAX_FRAMES as u64,
-            "{frames} frames exceeds the limit of {MAX_FRAMES}"
-        );
+        ensure!(frames <= MAX_FRAMES as u64, "{frames} frames exceeds the limit of {MAX_FRAMES}");
         let len = self.varint()?;
-        ensure!(
-            len <= self.bytes.len() as u64,
-            "payload length {len} exceeds the archive's size"
-        );
+        ensure!(len <= self.bytes.len() as u64, "payload length {len} exceeds the archive's size");
         let checksum = u32::from_le_bytes(self.take(4)?.try_into().unwrap());
         Ok(Entry {
             name: name.to_string(),
@@ -214,10 +183,7 @@ pub fn check_name(name: &str) -> Result<()> {
         !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']),
         "segment name {name:?} is not a plain file name"
     );
-    ensure!(
-        name.len() <= MAX_NAME,
-        "segment name {name:?} is longer than {MAX_NAME} bytes"
-    );
+    ensure!(name.len() <= MAX_NAME, "segment name {name:?} is longer than {MAX_NAME} bytes");
     Ok(())
 }
 
@@ -248,22 +214,12 @@ mod tests {
     use super::*;
 
     fn seg(name: &str, header: &[u8], payload: &[u8]) -> CodedSegment {
-        CodedSegment {
-            name: name.into(),
-            header: header.to_vec(),
-            frames: 3,
-            checksum: 7,
-            payload: payload.to_vec(),
-        }
+        CodedSegment { name: name.into(), header: header.to_vec(), frames: 3, checksum: 7, payload: payload.to_vec() }
     }
 
     #[test]
     fn index_round_trips_and_headers_are_shared() {
-        let segs = [
-            seg("a", b"H1", b"xyz"),
-            seg("b_13", b"H1", b""),
-            seg("c", b"H2", b"pq"),
-        ];
+        let segs = [seg("a", b"H1", b"xyz"), seg("b_13", b"H1", b""), seg("c", b"H2", b"pq")];
         let bytes = write(&[9; 32], &segs);
         let a = parse(&bytes).unwrap();
         assert_eq!(a.model_id, [9; 32]);

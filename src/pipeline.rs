@@ -51,20 +51,14 @@ pub fn archive_model(archive: &Archive, neural: Option<&Model>) -> Result<Model>
             hex(&id[..8]),
             hex(&m.id()[..8])
         ),
-        None => bail!(
-            "archive was written with neural weights {}...: pass them with --weights",
-            hex(&id[..8])
-        ),
+        None => bail!("archive was written with neural weights {}...: pass them with --weights", hex(&id[..8])),
     }
 }
 
 /// Decode and verify the entries `indices` of `archive` as one lockstep batch.
 pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<Result<Segment>> {
     let entries: Vec<&archive::Entry> = indices.iter().map(|&i| &archive.entries[i]).collect();
-    let counts: Vec<usize> = entries
-        .iter()
-        .map(|e| e.frames * TOKENS_PER_FRAME)
-        .collect();
+    let counts: Vec<usize> = entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).collect();
     let payloads: Vec<&[u8]> = entries.iter().map(|e| archive.payload(e)).collect();
     // A bad header fails its segment before any decoding.
     let headers: Vec<Result<&[u8]>> = entries
@@ -72,19 +66,11 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
         .map(|e| {
             let header = archive.headers[e.header];
             let (_, frames) = parse_header(header).context("stored npy header")?;
-            ensure!(
-                frames == e.frames,
-                "index says {} frames, its npy header {frames}",
-                e.frames
-            );
+            ensure!(frames == e.frames, "index says {} frames, its npy header {frames}", e.frames);
             Ok(header)
         })
         .collect();
-    let usable: Vec<usize> = counts
-        .iter()
-        .zip(&headers)
-        .map(|(&n, h)| if h.is_ok() { n } else { 0 })
-        .collect();
+    let usable: Vec<usize> = counts.iter().zip(&headers).map(|(&n, h)| if h.is_ok() { n } else { 0 }).collect();
     let decoded = code::decode(&mut model.batch(&usable), &payloads, &usable);
     indices
         .iter()
@@ -93,15 +79,8 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
         .map(|((&i, e), (header, tokens))| {
             let segment = (|| {
                 let (header, tokens) = (header?, tokens?);
-                ensure!(
-                    archive::token_checksum(&tokens) == e.checksum,
-                    "checksum mismatch: the data is corrupt"
-                );
-                Ok(Segment {
-                    name: e.name.clone(),
-                    header: header.to_vec(),
-                    tokens,
-                })
+                ensure!(archive::token_checksum(&tokens) == e.checksum, "checksum mismatch: the data is corrupt");
+                Ok(Segment { name: e.name.clone(), header: header.to_vec(), tokens })
             })();
             segment.with_context(|| format!("segment {i} ({})", e.name))
         })
@@ -110,10 +89,8 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
 
 /// Compress segments in memory (in parallel on the current rayon pool).
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
-    let coded: Vec<Vec<CodedSegment>> = segments
-        .par_chunks(model.batch_size())
-        .map(|chunk| encode_batch(model, chunk))
-        .collect::<Result<_>>()?;
+    let coded: Vec<Vec<CodedSegment>> =
+        segments.par_chunks(model.batch_size()).map(|chunk| encode_batch(model, chunk)).collect::<Result<_>>()?;
     Ok(archive::write(&model.id(), &coded.concat()))
 }
 
@@ -123,9 +100,7 @@ pub fn decompress_segments(bytes: &[u8], neural: Option<&Model>) -> Result<Vec<S
     let archive = archive::parse(bytes)?;
     let model = archive_model(&archive, neural)?;
     let indices: Vec<usize> = (0..archive.entries.len()).collect();
-    let batches: Vec<Vec<Result<Segment>>> = indices
-        .par_chunks(model.batch_size())
-        .map(|chunk| decode_batch(&archive, &model, chunk))
-        .collect();
+    let batches: Vec<Vec<Result<Segment>>> =
+        indices.par_chunks(model.batch_size()).map(|chunk| decode_batch(&archive, &model, chunk)).collect();
     batches.into_iter().flatten().collect()
 }

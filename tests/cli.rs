@@ -6,10 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn cvq(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cvq"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_cvq")).args(args).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -23,9 +20,7 @@ fn p(path: &Path) -> &str {
 /// A directory of dataset-style segments: names without extension, as in commaVQ.
 fn dataset_dir(dir: &Path) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
-    let names: Vec<String> = (0..3)
-        .map(|i| format!("3b41c0fa8959aea6c118e5714f412a2e_{i}"))
-        .collect();
+    let names: Vec<String> = (0..3).map(|i| format!("3b41c0fa8959aea6c118e5714f412a2e_{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         let seg = common::synthetic(name, 12 + i, i as u64);
         std::fs::write(dir.join(name), seg.to_npy_bytes().unwrap()).unwrap();
@@ -42,25 +37,14 @@ fn compress_then_decompress_restores_identical_files() {
     let out = tmp.path().join("out");
     let c = cvq(&["compress", p(&input), "-o", p(&archive), "-j", "2"]);
     assert!(c.status.success(), "{}", stderr(&c));
-    assert!(
-        stderr(&c).contains("compressed 3 segments"),
-        "{}",
-        stderr(&c)
-    );
+    assert!(stderr(&c).contains("compressed 3 segments"), "{}", stderr(&c));
     assert!(stderr(&c).contains("bits/token"));
     let d = cvq(&["decompress", p(&archive), "-o", p(&out)]);
     assert!(d.status.success(), "{}", stderr(&d));
     for name in &names {
-        assert_eq!(
-            std::fs::read(out.join(name)).unwrap(),
-            std::fs::read(input.join(name)).unwrap()
-        );
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(input.join(name)).unwrap());
     }
-    assert_eq!(
-        std::fs::read_dir(&out).unwrap().count(),
-        names.len(),
-        "no stray temporary files"
-    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), names.len(), "no stray temporary files");
 }
 
 #[test]
@@ -70,15 +54,10 @@ fn clip_through_the_binary_is_byte_identical() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("clip.cvq");
-    assert!(cvq(&["compress", p(&clip), "-o", p(&archive)])
-        .status
-        .success());
+    assert!(cvq(&["compress", p(&clip), "-o", p(&archive)]).status.success());
     let d = cvq(&["decompress", p(&archive), "-o", p(tmp.path())]);
     assert!(d.status.success(), "{}", stderr(&d));
-    assert_eq!(
-        std::fs::read(tmp.path().join("clip.npy")).unwrap(),
-        std::fs::read(&clip).unwrap()
-    );
+    assert_eq!(std::fs::read(tmp.path().join("clip.npy")).unwrap(), std::fs::read(&clip).unwrap());
 }
 
 #[test]
@@ -90,15 +69,9 @@ fn existing_outputs_are_not_overwritten_without_force() {
     std::fs::write(&archive, b"keep me").unwrap();
     let c = cvq(&["compress", p(&input), "-o", p(&archive)]);
     assert!(!c.status.success());
-    assert!(
-        stderr(&c).contains("already exists (use --force"),
-        "{}",
-        stderr(&c)
-    );
+    assert!(stderr(&c).contains("already exists (use --force"), "{}", stderr(&c));
     assert_eq!(std::fs::read(&archive).unwrap(), b"keep me");
-    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--force"])
-        .status
-        .success());
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--force"]).status.success());
 
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
@@ -107,63 +80,32 @@ fn existing_outputs_are_not_overwritten_without_force() {
     assert!(!d.status.success());
     assert!(stderr(&d).contains(&names[1]), "{}", stderr(&d));
     assert_eq!(std::fs::read(out.join(&names[1])).unwrap(), b"keep me too");
-    assert!(
-        !out.join(&names[0]).exists(),
-        "nothing is written when any output would be overwritten"
-    );
-    assert!(cvq(&["decompress", p(&archive), "-o", p(&out), "--force"])
-        .status
-        .success());
-    assert_eq!(
-        std::fs::read(out.join(&names[1])).unwrap(),
-        std::fs::read(input.join(&names[1])).unwrap()
-    );
+    assert!(!out.join(&names[0]).exists(), "nothing is written when any output would be overwritten");
+    assert!(cvq(&["decompress", p(&archive), "-o", p(&out), "--force"]).status.success());
+    assert_eq!(std::fs::read(out.join(&names[1])).unwrap(), std::fs::read(input.join(&names[1])).unwrap());
 }
 
 #[test]
 fn bad_inputs_are_named_in_the_error() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("seg_7");
-    let data: Vec<u8> = [5i16, 1024]
-        .repeat(64)
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let data: Vec<u8> = [5i16, 1024].repeat(64).iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut file = cvq::data::npy::npy_header("<i2", false, &[1, 128]);
     file.extend(data);
     std::fs::write(&bad, file).unwrap();
     let c = cvq(&["compress", p(&bad), "-o", p(&tmp.path().join("a.cvq"))]);
     assert!(!c.status.success());
     let err = stderr(&c);
-    assert!(
-        err.contains("seg_7") && err.contains("value 1024 out of range"),
-        "{err}"
-    );
-    assert!(
-        !tmp.path().join("a.cvq").exists(),
-        "no archive is left behind"
-    );
+    assert!(err.contains("seg_7") && err.contains("value 1024 out of range"), "{err}");
+    assert!(!tmp.path().join("a.cvq").exists(), "no archive is left behind");
 
-    let missing = cvq(&[
-        "compress",
-        "/nonexistent/x",
-        "-o",
-        p(&tmp.path().join("b.cvq")),
-    ]);
-    assert!(
-        stderr(&missing).contains("/nonexistent/x: cannot read"),
-        "{}",
-        stderr(&missing)
-    );
+    let missing = cvq(&["compress", "/nonexistent/x", "-o", p(&tmp.path().join("b.cvq"))]);
+    assert!(stderr(&missing).contains("/nonexistent/x: cannot read"), "{}", stderr(&missing));
 
     let garbage = tmp.path().join("garbage.cvq");
     std::fs::write(&garbage, b"not an archive").unwrap();
     let d = cvq(&["decompress", p(&garbage), "-o", p(&tmp.path().join("o"))]);
-    assert!(
-        stderr(&d).contains("garbage.cvq") && stderr(&d).contains("not a cvq archive"),
-        "{}",
-        stderr(&d)
-    );
+    assert!(stderr(&d).contains("garbage.cvq") && stderr(&d).contains("not a cvq archive"), "{}", stderr(&d));
 }
 
 #[test]
@@ -173,11 +115,7 @@ fn duplicate_names_are_refused() {
     dataset_dir(&a);
     dataset_dir(&b);
     let c = cvq(&["compress", p(&a), p(&b), "-o", p(&tmp.path().join("x.cvq"))]);
-    assert!(
-        stderr(&c).contains("two inputs are named"),
-        "{}",
-        stderr(&c)
-    );
+    assert!(stderr(&c).contains("two inputs are named"), "{}", stderr(&c));
 }
 
 #[test]

@@ -12,16 +12,11 @@ use sha2::{Digest, Sha256};
 /// sha256 of the archive of the clip alone. Changes only when the bitstream does: update it
 /// deliberately, with the bits/token it now gives, never to make a failure go away.
 /// Set with the context mixer at 5.9439 bits/token (114,315 archive bytes).
-const CLIP_ARCHIVE_SHA256: &str =
-    "319aa476225d38bad4bc6be6cd924a772ba92ddb32639709358ba3c34361f6a5";
+const CLIP_ARCHIVE_SHA256: &str = "319aa476225d38bad4bc6be6cd924a772ba92ddb32639709358ba3c34361f6a5";
 
 fn compress_with_threads(segments: &[Segment], threads: usize) -> Vec<u8> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
-    pool.install(|| compress_segments(&Model::ContextMix, segments))
-        .unwrap()
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    pool.install(|| compress_segments(&Model::ContextMix, segments)).unwrap()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -39,10 +34,7 @@ fn clip_round_trips_byte_for_byte() {
     assert_eq!(back[0].to_npy_bytes().unwrap(), original);
     let bits = bytes.len() as f64 * 8.0 / seg.tokens.len() as f64;
     eprintln!("clip: {} archive bytes, {bits:.4} bits/token", bytes.len());
-    assert!(
-        bits < 6.06,
-        "{bits} bits/token is not below zpaq -m5's 6.06"
-    );
+    assert!(bits < 6.06, "{bits} bits/token is not below zpaq -m5's 6.06");
 }
 
 #[test]
@@ -54,9 +46,7 @@ fn clip_archive_matches_golden_hash() {
 
 #[test]
 fn archive_bytes_do_not_depend_on_thread_count() {
-    let mut segments: Vec<Segment> = (0..6)
-        .map(|i| synthetic(&format!("s{i}"), 20 + i * 7, i as u64))
-        .collect();
+    let mut segments: Vec<Segment> = (0..6).map(|i| synthetic(&format!("s{i}"), 20 + i * 7, i as u64)).collect();
     if let Some(mut seg) = clip() {
         seg.tokens.truncate(300 * 128);
         seg.header = synthetic("h", 300, 0).header;
@@ -91,10 +81,7 @@ fn damaged_payloads_name_the_segment_and_never_panic() {
     }
     // Truncation anywhere is an error, never a panic.
     for cut in (0..bytes.len()).step_by(61) {
-        assert!(
-            decompress_segments(&bytes[..cut], None).is_err(),
-            "cut at {cut}"
-        );
+        assert!(decompress_segments(&bytes[..cut], None).is_err(), "cut at {cut}");
     }
 }
 

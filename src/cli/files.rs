@@ -9,19 +9,12 @@ use std::path::{Path, PathBuf};
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     for input in inputs {
-        let meta = std::fs::metadata(input)
-            .with_context(|| format!("{}: cannot read", input.display()))?;
+        let meta = std::fs::metadata(input).with_context(|| format!("{}: cannot read", input.display()))?;
         if meta.is_dir() {
             let mut files = vec![];
-            for entry in std::fs::read_dir(input)
-                .with_context(|| format!("{}: cannot list", input.display()))?
-            {
+            for entry in std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))? {
                 let path = entry?.path();
-                ensure!(
-                    path.is_file(),
-                    "{}: not a file (directories are not searched recursively)",
-                    path.display()
-                );
+                ensure!(path.is_file(), "{}: not a file (directories are not searched recursively)", path.display());
                 files.push(path);
             }
             files.sort();
@@ -38,20 +31,14 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut seen = HashSet::new();
     for n in names {
-        ensure!(
-            seen.insert(n),
-            "two inputs are named {n:?}: segments are restored by file name, which must be unique"
-        );
+        ensure!(seen.insert(n), "two inputs are named {n:?}: segments are restored by file name, which must be unique");
     }
     Ok(())
 }
 
 pub fn check_writable(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {
-        bail!(
-            "{}: already exists (use --force to replace it)",
-            path.display()
-        );
+        bail!("{}: already exists (use --force to replace it)", path.display());
     }
     Ok(())
 }
@@ -59,18 +46,9 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
 /// Write `bytes` to a temporary file beside `path`, then rename it into place.
 pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     check_writable(path, force)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.cvq-tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -17,11 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(
-    name = "cvq",
-    version,
-    about = "Lossless compressor for commaVQ driving-video tokens"
-)]
+#[command(name = "cvq", version, about = "Lossless compressor for commaVQ driving-video tokens")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,52 +95,27 @@ struct RunOpts {
 
 pub fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Compress {
-            inputs,
-            output,
-            model,
-            run,
-        } => with_threads(run.threads, || {
-            compress(&inputs, &output, &model.load()?, run.force)
-        }),
-        Command::Decompress {
-            archive,
-            output,
-            model,
-            run,
-        } => with_threads(run.threads, || {
-            decompress(&archive, &output, &model, run.force)
-        }),
-        Command::Eval {
-            inputs,
-            model,
-            threads,
-        } => with_threads(threads, || eval(&inputs, &model.load()?)),
-        Command::Bench { inputs, model } => {
-            bench::run(&files::collect_inputs(&inputs)?, &model.load()?)
+        Command::Compress { inputs, output, model, run } => {
+            with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force))
         }
+        Command::Decompress { archive, output, model, run } => {
+            with_threads(run.threads, || decompress(&archive, &output, &model, run.force))
+        }
+        Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
+        Command::Bench { inputs, model } => bench::run(&files::collect_inputs(&inputs)?, &model.load()?),
     }
 }
 
-fn with_threads<T: Send>(
-    threads: Option<usize>,
-    f: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .build()?;
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.unwrap_or(0)).build()?;
     pool.install(f)
 }
 
 fn progress(len: usize, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(
-        "{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})",
-    )
-    .expect("valid template")
-    .progress_chars("=> ");
-    ProgressBar::new(len as u64)
-        .with_style(style)
-        .with_message(what.to_string())
+    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})")
+        .expect("valid template")
+        .progress_chars("=> ");
+    ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
 }
 
 /// The closing line of every command that codes tokens.
@@ -165,10 +136,7 @@ fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Re
     let coded = paths
         .par_chunks(model.batch_size())
         .map(|chunk| {
-            let segments = chunk
-                .iter()
-                .map(|p| read_segment_file(p))
-                .collect::<Result<Vec<_>>>()?;
+            let segments = chunk.iter().map(|p| read_segment_file(p)).collect::<Result<Vec<_>>>()?;
             let coded = encode_batch(model, &segments)?;
             bar.inc(chunk.len() as u64);
             Ok(coded)
@@ -180,32 +148,17 @@ fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Re
     let bytes = archive::write(&model.id(), &coded);
     files::write_atomic(output, &bytes, force)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
-    eprintln!(
-        "{}",
-        summary(
-            "compressed",
-            coded.len(),
-            tokens,
-            bytes.len(),
-            start.elapsed().as_secs_f64()
-        )
-    );
+    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
     Ok(())
 }
 
 fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -> Result<()> {
-    let bytes = std::fs::read(archive_path)
-        .with_context(|| format!("{}: cannot read", archive_path.display()))?;
+    let bytes = std::fs::read(archive_path).with_context(|| format!("{}: cannot read", archive_path.display()))?;
     let at = || archive_path.display().to_string();
     let archive = archive::parse(&bytes).with_context(at)?;
-    let neural = if model.weights.is_some() {
-        Some(model.load()?)
-    } else {
-        None
-    };
+    let neural = if model.weights.is_some() { Some(model.load()?) } else { None };
     let model = archive_model(&archive, neural.as_ref()).with_context(at)?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
     let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
     for t in &targets {
         files::check_writable(t, force)?;
@@ -213,31 +166,16 @@ fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -
     let start = Instant::now();
     let bar = progress(targets.len(), "decompress");
     let indices: Vec<usize> = (0..targets.len()).collect();
-    indices
-        .par_chunks(model.batch_size())
-        .try_for_each(|chunk| -> Result<()> {
-            for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
-                files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
-            }
-            bar.inc(chunk.len() as u64);
-            Ok(())
-        })?;
+    indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
+        for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
+            files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
+        }
+        bar.inc(chunk.len() as u64);
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    let tokens = archive
-        .entries
-        .iter()
-        .map(|e| e.frames * TOKENS_PER_FRAME)
-        .sum();
-    eprintln!(
-        "{}",
-        summary(
-            "decompressed",
-            targets.len(),
-            tokens,
-            bytes.len(),
-            start.elapsed().as_secs_f64()
-        )
-    );
+    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
+    eprintln!("{}", summary("decompressed", targets.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
     Ok(())
 }
 
@@ -248,41 +186,20 @@ fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
     let rows = paths
         .par_chunks(model.batch_size())
         .map(|chunk| {
-            let segments = chunk
-                .iter()
-                .map(|p| read_segment_file(p))
-                .collect::<Result<Vec<_>>>()?;
+            let segments = chunk.iter().map(|p| read_segment_file(p)).collect::<Result<Vec<_>>>()?;
             let coded = encode_batch(model, &segments)?;
             bar.inc(chunk.len() as u64);
-            Ok(coded
-                .into_iter()
-                .map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len()))
-                .collect::<Vec<_>>())
+            Ok(coded.into_iter().map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len())).collect::<Vec<_>>())
         })
         .collect::<Result<Vec<_>>>()?
         .concat();
     bar.finish_and_clear();
-    println!(
-        "{:<48} {:>10} {:>10} {:>10}",
-        "segment", "tokens", "bytes", "bits/token"
-    );
+    println!("{:<48} {:>10} {:>10} {:>10}", "segment", "tokens", "bytes", "bits/token");
     for (name, tokens, bytes) in &rows {
-        println!(
-            "{name:<48} {tokens:>10} {bytes:>10} {:>10.4}",
-            *bytes as f64 * 8.0 / *tokens.max(&1) as f64
-        );
+        println!("{name:<48} {tokens:>10} {bytes:>10} {:>10.4}", *bytes as f64 * 8.0 / *tokens.max(&1) as f64);
     }
     let tokens = rows.iter().map(|r| r.1).sum();
     let bytes = rows.iter().map(|r| r.2).sum();
-    println!(
-        "{}",
-        summary(
-            "evaluated",
-            rows.len(),
-            tokens,
-            bytes,
-            start.elapsed().as_secs_f64()
-        )
-    );
+    println!("{}", summary("evaluated", rows.len(), tokens, bytes, start.elapsed().as_secs_f64()));
     Ok(())
 }

@@ -12,12 +12,12 @@ use anyhow::{ensure, Result};
 
 /// Segments still coding at token `p`.
 fn active(lengths: &[usize], p: usize, failed: &[bool]) -> Vec<usize> {
-    (0..lengths.len())
-        .filter(|&i| lengths[i] > p && !failed[i])
-        .collect()
+    (0..lengths.len()).filter(|&i| lengths[i] > p && !failed[i]).collect()
 }
 
 /// Code each segment with its fresh predictor in `batch`; one payload per segment.
+// `p` is the position shared by every segment of the batch, not an index into one of them.
+#[allow(clippy::needless_range_loop)]
 pub fn encode(batch: &mut Batch, segments: &[&[u16]]) -> Vec<Vec<u8>> {
     let lengths: Vec<usize> = segments.iter().map(|s| s.len()).collect();
     let none_failed = vec![false; segments.len()];
@@ -37,14 +37,10 @@ pub fn encode(batch: &mut Batch, segments: &[&[u16]]) -> Vec<Vec<u8>> {
 /// Decode `counts[i]` tokens from each payload with the same kind of fresh predictors as the
 /// encoder. A damaged payload fails alone.
 pub fn decode(batch: &mut Batch, payloads: &[&[u8]], counts: &[usize]) -> Vec<Result<Vec<u16>>> {
-    let mut decoders: Vec<Result<RangeDecoder>> =
-        payloads.iter().map(|p| RangeDecoder::new(p)).collect();
+    let mut decoders: Vec<Result<RangeDecoder>> = payloads.iter().map(|p| RangeDecoder::new(p)).collect();
     let mut failed: Vec<bool> = decoders.iter().map(|d| d.is_err()).collect();
     // Grow as tokens decode, so a forged count costs no memory up front.
-    let mut tokens: Vec<Vec<u16>> = counts
-        .iter()
-        .map(|&n| Vec::with_capacity(n.min(1 << 20)))
-        .collect();
+    let mut tokens: Vec<Vec<u16>> = counts.iter().map(|&n| Vec::with_capacity(n.min(1 << 20))).collect();
     for p in 0..counts.iter().copied().max().unwrap_or(0) {
         let active = active(counts, p, &failed);
         if active.is_empty() {
@@ -52,10 +48,7 @@ pub fn decode(batch: &mut Batch, payloads: &[&[u8]], counts: &[usize]) -> Vec<Re
         }
         batch.prepare(&active);
         for &i in &active {
-            let (pred, dec) = (
-                batch.get(i),
-                decoders[i].as_mut().expect("active decoders are valid"),
-            );
+            let (pred, dec) = (batch.get(i), decoders[i].as_mut().expect("active decoders are valid"));
             let (t, iv) = pred.find(dec.target());
             if let Err(e) = dec.consume(iv) {
                 decoders[i] = Err(e);
@@ -71,11 +64,7 @@ pub fn decode(batch: &mut Batch, payloads: &[&[u8]], counts: &[usize]) -> Vec<Re
         .zip(tokens)
         .map(|(dec, toks)| {
             let dec = dec?;
-            ensure!(
-                dec.remaining() == 0,
-                "{} payload bytes past the last token",
-                dec.remaining()
-            );
+            ensure!(dec.remaining() == 0, "{} payload bytes past the last token", dec.remaining());
             Ok(toks)
         })
         .collect()

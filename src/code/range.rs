@@ -29,13 +29,7 @@ impl Default for RangeEncoder {
 
 impl RangeEncoder {
     pub fn new() -> Self {
-        RangeEncoder {
-            low: 0,
-            range: u64::MAX,
-            cache: None,
-            pending: 0,
-            out: Vec::new(),
-        }
+        RangeEncoder { low: 0, range: u64::MAX, cache: None, pending: 0, out: Vec::new() }
     }
 
     pub fn encode(&mut self, iv: Interval) {
@@ -87,19 +81,11 @@ pub struct RangeDecoder<'a> {
 impl<'a> RangeDecoder<'a> {
     pub fn new(input: &'a [u8]) -> Result<Self> {
         if input.len() < 8 {
-            bail!(
-                "payload of {} bytes is shorter than the coder's 8-byte start",
-                input.len()
-            );
+            bail!("payload of {} bytes is shorter than the coder's 8-byte start", input.len());
         }
         let (head, rest) = input.split_at(8);
         let code = u64::from_be_bytes(head.try_into().unwrap());
-        Ok(RangeDecoder {
-            code,
-            range: u64::MAX,
-            step: 0,
-            input: rest,
-        })
+        Ok(RangeDecoder { code, range: u64::MAX, step: 0, input: rest })
     }
 
     /// The position, in [0, 2^24), that selects the next symbol.
@@ -138,17 +124,11 @@ mod tests {
     fn iv(s: u16) -> Interval {
         let freqs = [1u32, (1 << 24) - 3 - 5000, 5000, 2];
         let start = freqs[..s as usize].iter().sum();
-        Interval {
-            start,
-            freq: freqs[s as usize],
-        }
+        Interval { start, freq: freqs[s as usize] }
     }
 
     fn find(target: u32) -> (u16, Interval) {
-        (0..4)
-            .map(|s| (s, iv(s)))
-            .find(|(_, i)| target < i.start + i.freq)
-            .unwrap()
+        (0..4).map(|s| (s, iv(s))).find(|(_, i)| target < i.start + i.freq).unwrap()
     }
 
     #[test]

@@ -39,10 +39,7 @@ impl Segment {
     pub fn to_npy_bytes(&self) -> Result<Vec<u8>> {
         let (layout, frames) = parse_header(&self.header)?;
         if frames != self.frames() {
-            bail!(
-                "header says {frames} frames but {} were decoded",
-                self.frames()
-            );
+            bail!("header says {frames} frames but {} were decoded", self.frames());
         }
         let mut out = Vec::with_capacity(self.header.len() + self.tokens.len() * layout.bytes);
         out.extend_from_slice(&self.header);
@@ -57,14 +54,9 @@ impl Segment {
 /// so the data starts at a multiple of 64 bytes.
 pub fn npy_header(descr: &str, fortran_order: bool, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let order = if fortran_order { "True" } else { "False" };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}")
-        .into_bytes();
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}").into_bytes();
     while (10 + dict.len() + 1) % 64 != 0 {
         dict.push(b' ');
     }
@@ -78,13 +70,9 @@ pub fn npy_header(descr: &str, fortran_order: bool, shape: &[usize]) -> Vec<u8> 
 impl Segment {
     /// A segment as the dataset stores it: int16, shape (frames, 8, 16).
     pub fn int16(name: &str, tokens: Vec<u16>) -> Segment {
-        assert!(tokens.len() % TOKENS_PER_FRAME == 0, "whole frames only");
+        assert!(tokens.len().is_multiple_of(TOKENS_PER_FRAME), "whole frames only");
         let header = npy_header("<i2", false, &[tokens.len() / TOKENS_PER_FRAME, 8, 16]);
-        Segment {
-            name: name.to_string(),
-            header,
-            tokens,
-        }
+        Segment { name: name.to_string(), header, tokens }
     }
 }
 
@@ -96,8 +84,7 @@ pub fn read_segment_file(path: &Path) -> Result<Segment> {
         .with_context(|| format!("{}: file name is not valid UTF-8", path.display()))?
         .to_string();
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    parse_segment(name, &bytes)
-        .with_context(|| format!("{}: not a valid token segment", path.display()))
+    parse_segment(name, &bytes).with_context(|| format!("{}: not a valid token segment", path.display()))
 }
 
 /// Parse the bytes of an npy file into a segment.
@@ -108,30 +95,19 @@ pub fn parse_segment(name: String, bytes: &[u8]) -> Result<Segment> {
     let data = &bytes[header_len..];
     let expected = frames * TOKENS_PER_FRAME * layout.bytes;
     if data.len() < expected {
-        bail!(
-            "truncated: header promises {expected} data bytes, file has {}",
-            data.len()
-        );
+        bail!("truncated: header promises {expected} data bytes, file has {}", data.len());
     }
     if data.len() > expected {
-        bail!(
-            "{} unexpected bytes after the array data",
-            data.len() - expected
-        );
+        bail!("{} unexpected bytes after the array data", data.len() - expected);
     }
     let tokens = data
         .chunks_exact(layout.bytes)
         .enumerate()
         .map(|(i, raw)| {
-            decode_value(raw, layout)
-                .with_context(|| format!("token {i} (frame {})", i / TOKENS_PER_FRAME))
+            decode_value(raw, layout).with_context(|| format!("token {i} (frame {})", i / TOKENS_PER_FRAME))
         })
         .collect::<Result<Vec<u16>>>()?;
-    Ok(Segment {
-        name,
-        header,
-        tokens,
-    })
+    Ok(Segment { name, header, tokens })
 }
 
 /// Length of the header (everything before the data), found by letting npyz parse it.
@@ -146,20 +122,14 @@ pub fn parse_header(header: &[u8]) -> Result<(Layout, usize)> {
     let mut rest = header;
     let h = NpyHeader::from_reader(&mut rest).context("bad npy header")?;
     if !rest.is_empty() {
-        bail!(
-            "npy header has {} bytes past its declared length",
-            rest.len()
-        );
+        bail!("npy header has {} bytes past its declared length", rest.len());
     }
     if h.order() == Order::Fortran {
         bail!("Fortran-order arrays are not supported (save with C order)");
     }
     let layout = match h.dtype() {
         DType::Plain(ts) => layout_of(&ts)?,
-        other => bail!(
-            "unsupported dtype {}: expected int16, uint16, int32 or int64",
-            other.descr()
-        ),
+        other => bail!("unsupported dtype {}: expected int16, uint16, int32 or int64", other.descr()),
     };
     let shape = h.shape();
     let frames = match shape {
@@ -177,11 +147,7 @@ fn layout_of(ts: &npyz::TypeStr) -> Result<Layout> {
         (TypeChar::Int, 8) => (true, 8),
         _ => bail!("unsupported dtype {ts}: expected int16, uint16, int32 or int64"),
     };
-    Ok(Layout {
-        bytes,
-        signed,
-        big_endian: ts.endianness() == Endianness::Big,
-    })
+    Ok(Layout { bytes, signed, big_endian: ts.endianness() == Endianness::Big })
 }
 
 fn decode_value(raw: &[u8], layout: Layout) -> Result<u16> {
@@ -237,9 +203,7 @@ mod tests {
             let tokens: Vec<u16> = (0..256).map(|i| (i * 7 % 1024) as u16).collect();
             let layout = layout_of(&descr.parse().unwrap()).unwrap();
             let mut data = vec![];
-            tokens
-                .iter()
-                .for_each(|&t| encode_value(t, layout, &mut data));
+            tokens.iter().for_each(|&t| encode_value(t, layout, &mut data));
             assert_eq!(data.len(), 256 * width);
             let file = npy(descr, false, &[2, 8, 16], &data);
             let seg = parse_segment("s".into(), &file).unwrap();

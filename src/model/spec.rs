@@ -60,32 +60,24 @@ impl ModelSpec {
     }
 
     pub fn validate(&self) -> Result<()> {
+        ensure!((1..=64).contains(&self.layers), "layers must be 1..=64, not {}", self.layers);
         ensure!(
-            (1..=64).contains(&self.layers),
-            "layers must be 1..=64, not {}",
-            self.layers
-        );
-        ensure!(
-            self.heads >= 1 && self.width % self.heads == 0,
+            self.heads >= 1 && self.width.is_multiple_of(self.heads),
             "width {} is not a multiple of heads {}",
             self.width,
             self.heads
         );
         ensure!(
-            self.width % 16 == 0 && (16..=2048).contains(&self.width),
+            self.width.is_multiple_of(16) && (16..=2048).contains(&self.width),
             "width must be a multiple of 16 in 16..=2048, not {}",
             self.width
         );
         ensure!(
-            self.mlp_width % 16 == 0 && (16..=8192).contains(&self.mlp_width),
+            self.mlp_width.is_multiple_of(16) && (16..=8192).contains(&self.mlp_width),
             "mlp_width must be a multiple of 16 in 16..=8192, not {}",
             self.mlp_width
         );
-        ensure!(
-            (1..=32).contains(&self.context_frames),
-            "context_frames must be 1..=32, not {}",
-            self.context_frames
-        );
+        ensure!((1..=32).contains(&self.context_frames), "context_frames must be 1..=32, not {}", self.context_frames);
         Ok(())
     }
 
@@ -101,11 +93,7 @@ impl ModelSpec {
             let p = |s: &str| format!("layers.{l}.{s}");
             t.push((p("norm1.gain"), vec![d], Kind::F32));
             t.push((p("attn.qkv"), vec![3 * d, d], Kind::Int8Rows));
-            t.push((
-                p("attn.frame_bias"),
-                vec![self.heads, self.context_frames + 1],
-                Kind::F32,
-            ));
+            t.push((p("attn.frame_bias"), vec![self.heads, self.context_frames + 1], Kind::F32));
             t.push((p("attn.out"), vec![d, d], Kind::Int8Rows));
             t.push((p("norm2.gain"), vec![d], Kind::F32));
             t.push((p("mlp.up"), vec![m, d], Kind::Int8Rows));
@@ -139,10 +127,7 @@ impl ModelSpec {
                 .with_context(|| format!("metadata {k:?} is not a number"))
         };
         let format = meta.get("format").map(String::as_str);
-        ensure!(
-            format == Some("cvq-gpt-int8-1"),
-            "metadata format is {format:?}, expected \"cvq-gpt-int8-1\""
-        );
+        ensure!(format == Some("cvq-gpt-int8-1"), "metadata format is {format:?}, expected \"cvq-gpt-int8-1\"");
         let spec = ModelSpec {
             layers: get("layers")?,
             width: get("width")?,

@@ -48,22 +48,15 @@ enum Value {
 
 impl Weights {
     pub fn load(path: &Path) -> Result<Weights> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        Weights::from_bytes(&bytes)
-            .with_context(|| format!("{}: not valid cvq weights", path.display()))
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Weights::from_bytes(&bytes).with_context(|| format!("{}: not valid cvq weights", path.display()))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Weights> {
         use sha2::{Digest, Sha256};
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let spec = ModelSpec::from_metadata(
-            meta.metadata()
-                .as_ref()
-                .context("no metadata (the model spec)")?,
-        )?;
+        let spec = ModelSpec::from_metadata(meta.metadata().as_ref().context("no metadata (the model spec)")?)?;
         let expected = spec.tensors();
         let mut values: HashMap<String, Value> = HashMap::new();
         let mut hasher = Sha256::new();
@@ -101,11 +94,7 @@ impl Weights {
             Some(Value::Linear(l)) => l,
             _ => unreachable!("spec lists {n} as a matrix"),
         };
-        let (tok_prev, tok_same, pos) = (
-            take_linear("tok_prev"),
-            take_linear("tok_same"),
-            take_linear("pos"),
-        );
+        let (tok_prev, tok_same, pos) = (take_linear("tok_prev"), take_linear("tok_same"), take_linear("pos"));
         let mut layers = vec![];
         for l in 0..spec.layers {
             let p = |s: &str| format!("layers.{l}.{s}");
@@ -144,18 +133,8 @@ impl Weights {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
         let mut linear = |name: &str, l: &Linear| {
-            owned.push((
-                name.into(),
-                Dtype::I8,
-                vec![l.rows, l.cols],
-                l.w.iter().map(|&x| x as u8).collect(),
-            ));
-            owned.push((
-                format!("{name}.scale"),
-                Dtype::F32,
-                vec![l.rows],
-                f32_bytes(&l.scale),
-            ));
+            owned.push((name.into(), Dtype::I8, vec![l.rows, l.cols], l.w.iter().map(|&x| x as u8).collect()));
+            owned.push((format!("{name}.scale"), Dtype::F32, vec![l.rows], f32_bytes(&l.scale)));
         };
         linear("tok_prev", &self.tok_prev);
         linear("tok_same", &self.tok_same);
@@ -166,21 +145,13 @@ impl Weights {
             linear(&format!("layers.{l}.mlp.up"), &layer.up);
             linear(&format!("layers.{l}.mlp.down"), &layer.down);
         }
-        let mut f32s = vec![
-            ("norm_out.gain".to_string(), &self.norm_out),
-            ("head_bias".to_string(), &self.head_bias),
-        ];
+        let mut f32s = vec![("norm_out.gain".to_string(), &self.norm_out), ("head_bias".to_string(), &self.head_bias)];
         for (l, layer) in self.layers.iter().enumerate() {
             f32s.push((format!("layers.{l}.norm1.gain"), &layer.norm1));
             f32s.push((format!("layers.{l}.attn.frame_bias"), &layer.frame_bias));
             f32s.push((format!("layers.{l}.norm2.gain"), &layer.norm2));
         }
-        let shapes: HashMap<String, Vec<usize>> = self
-            .spec
-            .tensors()
-            .into_iter()
-            .map(|(n, s, _)| (n, s))
-            .collect();
+        let shapes: HashMap<String, Vec<usize>> = self.spec.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
         for (name, v) in f32s {
             // Shapes come from the spec; a tensor the spec lacks keeps a flat shape.
             let shape = shapes.get(&name).cloned().unwrap_or_else(|| vec![v.len()]);
@@ -190,10 +161,7 @@ impl Weights {
             .iter()
             .map(|(n, dt, shape, data)| Ok((n.clone(), TensorView::new(*dt, shape.clone(), data)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        Ok(safetensors::serialize(
-            views,
-            Some(self.spec.to_metadata()),
-        )?)
+        Ok(safetensors::serialize(views, Some(self.spec.to_metadata()))?)
     }
 
     /// A seeded random model, for tests and benchmarks: weights ~ uniform int8, scales such
@@ -204,9 +172,7 @@ impl Weights {
         let mut linear = |rows: usize, cols: usize, gain: f32| Linear {
             rows,
             cols,
-            w: (0..rows * cols)
-                .map(|_| ((rng.next() % 255) as i32 - 127) as i8)
-                .collect(),
+            w: (0..rows * cols).map(|_| ((rng.next() % 255) as i32 - 127) as i8).collect(),
             // Uniform int8 has standard deviation ~73; aim each output at `gain`.
             scale: vec![gain / (73.0 * (cols as f32).sqrt()); rows],
         };
@@ -224,9 +190,7 @@ impl Weights {
             .map(|_| Layer {
                 norm1: vec![1.0; d],
                 qkv: linear(3 * d, d, 1.0),
-                frame_bias: (0..spec.heads * (k + 1))
-                    .map(|i| -((i % (k + 1)) as f32) * 0.5)
-                    .collect(),
+                frame_bias: (0..spec.heads * (k + 1)).map(|i| -((i % (k + 1)) as f32) * 0.5).collect(),
                 out: linear(d, d, 0.5),
                 norm2: vec![1.0; d],
                 up: linear(m, d, 1.0),
@@ -240,9 +204,7 @@ impl Weights {
             pos,
             layers,
             norm_out: vec![1.0; d],
-            head_bias: (0..crate::data::VOCAB)
-                .map(|i| (i % 7) as f32 * 0.1)
-                .collect(),
+            head_bias: (0..crate::data::VOCAB).map(|i| (i % 7) as f32 * 0.1).collect(),
             hash: [0; 32],
         };
         // Round-trip through the file format so the hash is computed as for a loaded file.
@@ -254,25 +216,10 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn view<'a>(
-    st: &SafeTensors<'a>,
-    name: &str,
-    dtype: Dtype,
-    shape: &[usize],
-) -> Result<TensorView<'a>> {
-    let t = st
-        .tensor(name)
-        .map_err(|_| anyhow::anyhow!("missing tensor {name:?}"))?;
-    ensure!(
-        t.dtype() == dtype,
-        "tensor {name:?} is {:?}, expected {dtype:?}",
-        t.dtype()
-    );
-    ensure!(
-        t.shape() == shape,
-        "tensor {name:?} has shape {:?}, expected {shape:?}",
-        t.shape()
-    );
+fn view<'a>(st: &SafeTensors<'a>, name: &str, dtype: Dtype, shape: &[usize]) -> Result<TensorView<'a>> {
+    let t = st.tensor(name).map_err(|_| anyhow::anyhow!("missing tensor {name:?}"))?;
+    ensure!(t.dtype() == dtype, "tensor {name:?} is {:?}, expected {dtype:?}", t.dtype());
+    ensure!(t.shape() == shape, "tensor {name:?} has shape {:?}, expected {shape:?}", t.shape());
     Ok(t)
 }
 
@@ -282,30 +229,15 @@ fn read_f32(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
-    ensure!(
-        v.iter().all(|x| x.is_finite()),
-        "tensor {name:?} holds a non-finite value"
-    );
+    ensure!(v.iter().all(|x| x.is_finite()), "tensor {name:?} holds a non-finite value");
     Ok(v)
 }
 
 fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> {
-    let w = view(st, name, Dtype::I8, shape)?
-        .data()
-        .iter()
-        .map(|&b| b as i8)
-        .collect();
+    let w = view(st, name, Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
     let scale = read_f32(st, &format!("{name}.scale"), &shape[..1])?;
-    ensure!(
-        scale.iter().all(|&s| (0.0..=1.0e3).contains(&s)),
-        "tensor {name:?}.scale holds a value outside 0..=1000"
-    );
-    Ok(Linear {
-        rows: shape[0],
-        cols: shape[1],
-        w,
-        scale,
-    })
+    ensure!(scale.iter().all(|&s| (0.0..=1.0e3).contains(&s)), "tensor {name:?}.scale holds a value outside 0..=1000");
+    Ok(Linear { rows: shape[0], cols: shape[1], w, scale })
 }
 
 struct XorShift(u64);

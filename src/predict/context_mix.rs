@@ -142,10 +142,7 @@ impl ContextMix {
     fn slot(&self, m: usize, key: u64, node: usize) -> Slot {
         let h = mix64(key ^ mix64(node as u64 + ((m as u64) << 16)));
         let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize;
-        Slot {
-            base: (m << self.table_bits) | (index << SLOT_BITS),
-            check: h as u32 | 1,
-        }
+        Slot { base: (m << self.table_bits) | (index << SLOT_BITS), check: h as u32 | 1 }
     }
 
     /// Walk the tree from the root, choosing each bit with `choose(start_of_one_branch, depth)`;
@@ -172,20 +169,11 @@ impl ContextMix {
                 dec.counters[m] = slot.base + local;
                 // A slot holding another context's counters reads as fresh.
                 let owned = self.counters[slot.base] == slot.check;
-                let p12 = if owned {
-                    self.counters[dec.counters[m]] >> 20
-                } else {
-                    2048
-                };
+                let p12 = if owned { self.counters[dec.counters[m]] >> 20 } else { 2048 };
                 dec.inputs[m] = self.stretch.get(p12);
             }
             dec.inputs[N_MODELS] = 256;
-            let dot: i64 = dec
-                .inputs
-                .iter()
-                .zip(&self.weights[d])
-                .map(|(&x, &w)| i64::from(x) * i64::from(w))
-                .sum();
+            let dot: i64 = dec.inputs.iter().zip(&self.weights[d]).map(|(&x, &w)| i64::from(x) * i64::from(w)).sum();
             dec.p = squash((dot >> 16) as i32);
             // Split `total` between the 0 and 1 subtrees, at least one unit per leaf.
             let half_leaves = 512u32 >> d;
@@ -265,9 +253,7 @@ mod tests {
     use crate::predict::frequencies;
 
     fn tokens(n: usize) -> Vec<u16> {
-        (0..n)
-            .map(|i| ((i * 37 + i / 128 * 11) % 1024) as u16)
-            .collect()
+        (0..n).map(|i| ((i * 37 + i / 128 * 11) % 1024) as u16).collect()
     }
 
     #[test]
@@ -309,10 +295,6 @@ mod tests {
         let toks: Vec<u16> = frame.iter().cycle().take(128 * 20).copied().collect();
         let mut cm = ContextMix::new(toks.len());
         let bits = crate::code::ideal_bits(&toks, &mut cm);
-        assert!(
-            bits / (toks.len() as f64) < 1.5,
-            "{} bits/token",
-            bits / toks.len() as f64
-        );
+        assert!(bits / (toks.len() as f64) < 1.5, "{} bits/token", bits / toks.len() as f64);
     }
 }

@@ -82,15 +82,8 @@ impl Model {
     /// Fresh predictors for segments of the given token counts, to be advanced in lockstep.
     pub fn batch(&self, sizes: &[usize]) -> Batch {
         match self {
-            Model::ContextMix => {
-                Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect())
-            }
-            Model::Neural(t) => Batch::Neural(
-                sizes
-                    .iter()
-                    .map(|&n| Neural::new(Arc::clone(t), n))
-                    .collect(),
-            ),
+            Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect()),
+            Model::Neural(t) => Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n)).collect()),
         }
     }
 
@@ -116,12 +109,8 @@ impl Batch {
     /// the transformer; nothing to do for the context mixer, which works lazily).
     pub fn prepare(&mut self, active: &[usize]) {
         if let Batch::Neural(preds) = self {
-            let mut chosen: Vec<&mut Neural> = preds
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| active.contains(i))
-                .map(|(_, p)| p)
-                .collect();
+            let mut chosen: Vec<&mut Neural> =
+                preds.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, p)| p).collect();
             Neural::prepare(&mut chosen);
         }
     }

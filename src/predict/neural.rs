@@ -24,10 +24,7 @@ impl FreqTable {
 
     pub fn interval(&self, t: u16) -> Interval {
         let t = usize::from(t);
-        Interval {
-            start: self.cum[t],
-            freq: self.cum[t + 1] - self.cum[t],
-        }
+        Interval { start: self.cum[t], freq: self.cum[t + 1] - self.cum[t] }
     }
 
     pub fn find(&self, target: u32) -> (u16, Interval) {
@@ -45,19 +42,13 @@ pub struct Neural {
 impl Neural {
     pub fn new(model: Arc<Transformer>, tokens: usize) -> Neural {
         let session = model.session(tokens);
-        Neural {
-            model,
-            session,
-            table: None,
-        }
+        Neural { model, session, table: None }
     }
 
     /// Compute the next token's table of every predictor in one batched step. All must share
     /// one model.
     pub fn prepare(preds: &mut [&mut Neural]) {
-        let pending: Vec<usize> = (0..preds.len())
-            .filter(|&i| preds[i].table.is_none())
-            .collect();
+        let pending: Vec<usize> = (0..preds.len()).filter(|&i| preds[i].table.is_none()).collect();
         let Some(&first) = pending.first() else {
             return;
         };

@@ -36,11 +36,7 @@ pub fn synthetic(name: &str, frames: usize, seed: u64) -> Segment {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let t = if i >= 128 && !x.is_multiple_of(4) {
-            tokens[i - 128]
-        } else {
-            (x >> 20) as u16 % 1024
-        };
+        let t = if i >= 128 && !x.is_multiple_of(4) { tokens[i - 128] } else { (x >> 20) as u16 % 1024 };
         tokens.push(t);
     }
     Segment::int16(name, tokens)

@@ -32,17 +32,10 @@ impl Tables {
         }
         let mut exp2_frac = [one / 2; 257];
         for (f, v) in exp2_frac.iter_mut().enumerate().take(256) {
-            *v = (0..8)
-                .filter(|k| f >> k & 1 == 1)
-                .fold(one, |acc, k| (acc * c[k] + (1 << 29)) >> 30);
+            *v = (0..8).filter(|k| f >> k & 1 == 1).fold(one, |acc, k| (acc * c[k] + (1 << 29)) >> 30);
         }
-        let mut t = Tables {
-            exp2_frac,
-            gelu: vec![],
-        };
-        t.gelu = (0..=1024)
-            .map(|i| t.gelu_exact((i as i64 - 512) << 6))
-            .collect();
+        let mut t = Tables { exp2_frac, gelu: vec![] };
+        t.gelu = (0..=1024).map(|i| t.gelu_exact((i as i64 - 512) << 6)).collect();
         t
     }
 
@@ -62,7 +55,7 @@ impl Tables {
     fn gelu_exact(&self, x: i64) -> i32 {
         // z = sqrt(2/pi) * (x + 0.044715 x^3), in Q12; constants in Q16.
         let x3 = x * x / 4096 * x / 4096;
-        let z = (52_290 * (x + (2_930 * x3 >> 16))) >> 16;
+        let z = (52_290 * (x + ((2_930 * x3) >> 16))) >> 16;
         // tanh|z| = (1 - e^(-2|z|)) / (1 + e^(-2|z|)); e^-u with u in Q8 = 2|z| >> 4.
         let e = self.exp_neg(((2 * z.abs()) >> 4).min(u32::MAX as i64) as u32) as i64;
         let tanh = ((1i64 << 30) - e) * (1 << 30) / ((1i64 << 30) + e); // Q30
@@ -87,15 +80,21 @@ impl Tables {
 }
 
 /// Round `v / 2^s` (s > 0) or compute `v * 2^-s` (s <= 0), saturating to i32.
+#[inline]
 pub fn shift_round(v: i64, s: i32) -> i32 {
-    let r = if s > 0 {
-        (v + (1i64 << (s - 1).min(62))) >> s.min(63)
+    let r = if (1..63).contains(&s) {
+        (v + (1i64 << (s - 1))) >> s
+    } else if s >= 63 {
+        0
     } else {
-        v.checked_shl((-s) as u32)
-            .filter(|r| r >> (-s) == v)
-            .unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+        shift_left_saturating(v, (-s) as u32)
     };
     r.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+#[cold]
+fn shift_left_saturating(v: i64, s: u32) -> i64 {
+    v.checked_shl(s).filter(|r| r >> s == v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Largest magnitude of a quantized activation.
@@ -114,10 +113,7 @@ pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
 
 /// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
 pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
-    let sum: u128 = x
-        .iter()
-        .map(|&v| (i64::from(v) * i64::from(v)) as u128)
-        .sum();
+    let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
     let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));
     let rms_q12 = mean_q24.isqrt() as i64;
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(gain_q12) {
@@ -140,17 +136,11 @@ mod tests {
         let t = Tables::new();
         for d in (0..4096).step_by(13) {
             let want = (-(d as f64) / 256.0).exp() * (1u64 << 30) as f64;
-            assert!(
-                (t.exp_neg(d) as f64 - want).abs() <= want * 1e-5 + 2.0,
-                "d={d}: {} vs {want}",
-                t.exp_neg(d)
-            );
+            assert!((t.exp_neg(d) as f64 - want).abs() <= want * 1e-5 + 2.0, "d={d}: {} vs {want}", t.exp_neg(d));
         }
         for i in (-40_000..40_000).step_by(97) {
             let x = i as f64 / 4096.0;
-            let want = 0.5
-                * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
             let got = t.gelu(i) as f64 / 4096.0;
             assert!((got - want).abs() < 2e-3, "x={x}: {got} vs {want}");
         }

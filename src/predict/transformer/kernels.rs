@@ -1,19 +1,17 @@
-//! The integer inner loops. Each has one scalar definition; on x86-64 with AVX2 the same
-//! code is compiled a second time with AVX2 enabled and chosen at run time. Integer sums do
-//! not depend on their order, so both give the same integers (a test checks it).
+//! The integer inner loops. Each has one portable definition; on x86-64 with AVX2 a second
+//! version (intrinsics for the matrix product, the portable code recompiled with AVX2 for the
+//! rest) is chosen at run time. Integer sums do not depend on their order, so every version
+//! gives the same integers (a test checks it).
+//!
+//! Bounds: activations |a| <= 2047, weights |w| <= 127, rows of at most 8192: no i32 sum
+//! overflows.
 
-/// Dot product of 12-bit activations with 8-bit weights (both widened to i16).
-/// With |a| <= 2047, |b| <= 127 and len <= 8192 the i32 sum cannot overflow.
 #[inline(always)]
 fn dot_generic(a: &[i16], b: &[i16]) -> i32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| i32::from(x) * i32::from(y))
-        .fold(0, |s, v| s.wrapping_add(v))
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).fold(0, |s, v| s.wrapping_add(v))
 }
 
-/// `out[r * rows + j] = dot(x[r], w[j])` for every input row r and weight row j: each
-/// weight row is loaded once and used for the whole batch.
+/// `out[r * w_rows + j] = dot(x[r], w[j])` for every row r of `x` and row j of `w`.
 #[inline(always)]
 fn matmul_generic(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     let rows = w.len() / cols;
@@ -24,27 +22,134 @@ fn matmul_generic(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     }
 }
 
-/// `o += p * v`, the attention's weighted sum of values.
+/// `out[i] = dot(q, keys[slots[i] * stride + offset ..][..q.len()])`: attention scores.
 #[inline(always)]
-fn axpy_generic(p: i32, v: &[i16], o: &mut [i32]) {
-    for (oi, &vi) in o.iter_mut().zip(v) {
-        *oi = oi.wrapping_add(p.wrapping_mul(i32::from(vi)));
+fn scores_generic(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+    for (o, &s) in out.iter_mut().zip(slots) {
+        *o = dot_generic(q, &keys[s * stride + offset..][..q.len()]);
+    }
+}
+
+/// `acc += sum_i probs[i] * values[slots[i] * stride + offset ..]`: the weighted values.
+#[inline(always)]
+fn weighted_sum_generic(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
+    for (&p, &s) in probs.iter().zip(slots) {
+        if p != 0 {
+            let n = acc.len();
+            for (a, &v) in acc.iter_mut().zip(&values[s * stride + offset..][..n]) {
+                *a = a.wrapping_add(p.wrapping_mul(i32::from(v)));
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use std::arch::x86_64::*;
+
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot(a: &[i16], b: &[i16]) -> i32 {
         super::dot_generic(a, b)
     }
+
+    /// Scores of 8 keys at a time: their multiply-add sums reduced together by `vphaddd`
+    /// instead of one horizontal sum per key. `q.len()` must be a multiple of 16.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+        let n = q.len();
+        if !n.is_multiple_of(16) {
+            return super::scores_generic(q, keys, stride, offset, slots, out);
+        }
+        let full = slots.len() / 8 * 8;
+        for (group, o) in slots[..full].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+            let mut acc = [_mm256_setzero_si256(); 8];
+            for c in (0..n).step_by(16) {
+                let qv = _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i);
+                for (a, &slot) in acc.iter_mut().zip(group) {
+                    debug_assert!(slot * stride + offset + n <= keys.len());
+                    let kv = _mm256_loadu_si256(keys.as_ptr().add(slot * stride + offset + c) as *const __m256i);
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(qv, kv));
+                }
+            }
+            let h01 = _mm256_hadd_epi32(acc[0], acc[1]);
+            let h23 = _mm256_hadd_epi32(acc[2], acc[3]);
+            let h45 = _mm256_hadd_epi32(acc[4], acc[5]);
+            let h67 = _mm256_hadd_epi32(acc[6], acc[7]);
+            let h0123 = _mm256_hadd_epi32(h01, h23);
+            let h4567 = _mm256_hadd_epi32(h45, h67);
+            // Each 128-bit half holds partial sums of keys 0-3 (then 4-7): add the halves.
+            let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
+            let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(lo, hi));
+        }
+        super::scores_generic(q, keys, stride, offset, &slots[full..], &mut out[full..])
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weighted_sum(
+        probs: &[i32],
+        values: &[i16],
+        stride: usize,
+        offset: usize,
+        slots: &[usize],
+        acc: &mut [i32],
+    ) {
+        super::weighted_sum_generic(probs, values, stride, offset, slots, acc)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// Register-blocked product: 4 rows of `x` by 2 rows of `w` per pass, 16 lanes of i16
+    /// multiply-adds (`vpmaddwd`) into i32. `cols` must be a multiple of 16.
     #[target_feature(enable = "avx2")]
     pub unsafe fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
-        super::matmul_generic(x, cols, w, out)
+        let (xr, wr) = (x.len() / cols, w.len() / cols);
+        let (xb, wb) = (xr / 4 * 4, wr / 2 * 2);
+        let ld = |p: &[i16], row: usize, c: usize| _mm256_loadu_si256(p.as_ptr().add(row * cols + c) as *const __m256i);
+        for j in (0..wb).step_by(2) {
+            for r in (0..xb).step_by(4) {
+                let mut acc = [_mm256_setzero_si256(); 8];
+                for c in (0..cols).step_by(16) {
+                    let (w0, w1) = (ld(w, j, c), ld(w, j + 1, c));
+                    for k in 0..4 {
+                        let xv = ld(x, r + k, c);
+                        acc[2 * k] = _mm256_add_epi32(acc[2 * k], _mm256_madd_epi16(xv, w0));
+                        acc[2 * k + 1] = _mm256_add_epi32(acc[2 * k + 1], _mm256_madd_epi16(xv, w1));
+                    }
+                }
+                for k in 0..4 {
+                    out[(r + k) * wr + j] = hsum(acc[2 * k]);
+                    out[(r + k) * wr + j + 1] = hsum(acc[2 * k + 1]);
+                }
+            }
+        }
+        // Rows left over from the blocking.
+        for j in 0..wr {
+            for r in 0..xr {
+                if j >= wb || r >= xb {
+                    out[r * wr + j] = dot(&x[r * cols..][..cols], &w[j * cols..][..cols]);
+                }
+            }
+        }
     }
+
+    /// Multiply-adds per second with no memory traffic: 8 independent `vpmaddwd` chains.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn axpy(p: i32, v: &[i16], o: &mut [i32]) {
-        super::axpy_generic(p, v, o)
+    pub unsafe fn peak(iters: usize) -> i32 {
+        let b = _mm256_set1_epi16(3);
+        let mut acc = [_mm256_set1_epi16(1); 8];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_madd_epi16(*a, b);
+            }
+        }
+        acc.iter().fold(0, |s, &a| s.wrapping_add(hsum(a)))
     }
 }
 
@@ -56,46 +161,71 @@ fn has_avx2() -> bool {
     false
 }
 
+/// Dispatch to the AVX2 version when the CPU has it.
+macro_rules! dispatch {
+    ($name:ident($($arg:expr),*), $generic:ident) => {{
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: AVX2 is present.
+            return unsafe { avx2::$name($($arg),*) };
+        }
+        $generic($($arg),*)
+    }};
+}
+
 pub fn dot(a: &[i16], b: &[i16]) -> i32 {
     debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 is present.
-        return unsafe { avx2::dot(a, b) };
-    }
-    dot_generic(a, b)
+    dispatch!(dot(a, b), dot_generic)
 }
 
-/// `x` holds `x.len() / cols` rows of `cols`; `w` holds `out.len() / rows_of_x` rows of `cols`.
+/// `x` holds rows of `cols`, `w` holds rows of `cols`; `out` gets `[x rows, w rows]`.
 pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     debug_assert_eq!(out.len(), x.len() / cols * (w.len() / cols));
+    if !cols.is_multiple_of(16) {
+        return matmul_generic(x, cols, w, out);
+    }
+    dispatch!(matmul(x, cols, w, out), matmul_generic)
+}
+
+pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+    dispatch!(scores(q, keys, stride, offset, slots, out), scores_generic)
+}
+
+pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
+    dispatch!(weighted_sum(probs, values, stride, offset, slots, acc), weighted_sum_generic)
+}
+
+/// This core's peak rate of i16 multiply-accumulates per second (AVX2 `vpmaddwd`, no memory
+/// traffic), or of the portable dot product where AVX2 is absent.
+pub fn peak_macs_per_second() -> f64 {
+    let t = std::time::Instant::now();
+    let iters = 20_000_000;
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 is present.
-        return unsafe { avx2::matmul(x, cols, w, out) };
+        std::hint::black_box(unsafe { avx2::peak(iters) });
+        return (iters * 8 * 16) as f64 / t.elapsed().as_secs_f64();
     }
-    matmul_generic(x, cols, w, out)
+    let (a, b) = (vec![3i16; 256], vec![5i16; 256]);
+    let n = iters / 100;
+    let s = (0..n).fold(0i32, |s, _| s.wrapping_add(dot_generic(std::hint::black_box(&a), &b)));
+    std::hint::black_box(s);
+    (n * 256) as f64 / t.elapsed().as_secs_f64()
 }
 
-pub fn axpy(p: i32, v: &[i16], o: &mut [i32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2 is present.
-        return unsafe { avx2::axpy(p, v, o) };
-    }
-    axpy_generic(p, v, o)
-}
-
-/// The scalar definitions, for tests and the benchmark.
-pub mod scalar {
+/// The portable definitions, for tests.
+pub mod portable {
     pub fn dot(a: &[i16], b: &[i16]) -> i32 {
         super::dot_generic(a, b)
     }
     pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         super::matmul_generic(x, cols, w, out)
     }
-    pub fn axpy(p: i32, v: &[i16], o: &mut [i32]) {
-        super::axpy_generic(p, v, o)
+    pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+        super::scores_generic(q, keys, stride, offset, slots, out)
+    }
+    pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
+        super::weighted_sum_generic(probs, values, stride, offset, slots, acc)
     }
 }
 
@@ -116,18 +246,25 @@ mod tests {
     }
 
     #[test]
-    fn simd_and_scalar_give_the_same_integers() {
-        for &n in &[16usize, 33, 128, 257, 1024] {
-            let (a, b) = (vals(n * 3, 7, 2047), vals(n * 5, 9, 127));
-            assert_eq!(dot(&a[..n], &b[..n]), scalar::dot(&a[..n], &b[..n]));
-            let (mut o1, mut o2) = (vec![0; 15], vec![0; 15]);
-            matmul(&a, n, &b, &mut o1);
-            scalar::matmul(&a, n, &b, &mut o2);
-            assert_eq!(o1, o2);
-            let (mut o1, mut o2) = (vec![5i32; n], vec![5i32; n]);
-            axpy(12345, &a[..n], &mut o1);
-            scalar::axpy(12345, &a[..n], &mut o2);
-            assert_eq!(o1, o2);
+    fn simd_and_portable_give_the_same_integers() {
+        for &(rows_x, rows_w, cols) in &[(1, 1, 16), (5, 3, 32), (32, 7, 256), (9, 66, 1024), (3, 2, 40)] {
+            let (x, w) = (vals(rows_x * cols, 7, 2047), vals(rows_w * cols, 9, 127));
+            let (mut o1, mut o2) = (vec![0; rows_x * rows_w], vec![0; rows_x * rows_w]);
+            matmul(&x, cols, &w, &mut o1);
+            portable::matmul(&x, cols, &w, &mut o2);
+            assert_eq!(o1, o2, "{rows_x} x {rows_w} x {cols}");
+            assert_eq!(dot(&x[..cols], &w[..cols]), portable::dot(&x[..cols], &w[..cols]));
         }
+        let (q, keys) = (vals(32, 3, 2047), vals(64 * 43, 5, 2047));
+        let slots: Vec<usize> = (0..43).map(|i| i * 17 % 43).collect();
+        let (mut s1, mut s2) = (vec![0; 43], vec![0; 43]);
+        scores(&q, &keys, 64, 32, &slots, &mut s1);
+        portable::scores(&q, &keys, 64, 32, &slots, &mut s2);
+        assert_eq!(s1, s2);
+        let probs: Vec<i32> = (0..43).map(|i| i * 99_991 % (1 << 19)).collect();
+        let (mut a1, mut a2) = (vec![3; 32], vec![3; 32]);
+        weighted_sum(&probs, &keys, 64, 32, &slots, &mut a1);
+        portable::weighted_sum(&probs, &keys, 64, 32, &slots, &mut a2);
+        assert_eq!(a1, a2);
     }
 }

@@ -60,9 +60,7 @@ fn embedding(l: &Linear) -> Vec<i32> {
 }
 
 fn q12(v: &[f32]) -> Vec<i32> {
-    v.iter()
-        .map(|&g| to_fixed(g, 12).clamp(i32::MIN as i64, i32::MAX as i64) as i32)
-        .collect()
+    v.iter().map(|&g| to_fixed(g, 12).clamp(i32::MIN as i64, i32::MAX as i64) as i32).collect()
 }
 
 struct Layer {
@@ -113,11 +111,7 @@ impl Transformer {
             .map(|l| Layer {
                 norm1: q12(&l.norm1),
                 qkv: Matrix::new(&l.qkv, l.qkv.rows),
-                frame_bias: l
-                    .frame_bias
-                    .iter()
-                    .map(|&b| to_fixed(b, 8).clamp(-1 << 20, 1 << 20) as i32)
-                    .collect(),
+                frame_bias: l.frame_bias.iter().map(|&b| to_fixed(b, 8).clamp(-1 << 20, 1 << 20) as i32).collect(),
                 out: Matrix::new(&l.out, l.out.rows),
                 norm2: q12(&l.norm2),
                 up: Matrix::new(&l.up, l.up.rows),
@@ -140,10 +134,7 @@ impl Transformer {
 
     pub fn session(&self, capacity: usize) -> Session {
         let (win, d, h) = (self.spec.window(), self.spec.width, self.spec.heads);
-        let cache = || Cache {
-            q: vec![0; win * d],
-            shift: vec![0; win * h],
-        };
+        let cache = || Cache { q: vec![0; win * d], shift: vec![0; win * h] };
         Session {
             tokens: Vec::with_capacity(capacity),
             keys: (0..self.spec.layers).map(|_| cache()).collect(),
@@ -158,16 +149,8 @@ impl Transformer {
         let mut x = vec![0i32; b * d];
         for (s, xr) in sessions.iter().zip(x.chunks_exact_mut(d)) {
             let p = s.tokens.len();
-            let prev = if p > 0 {
-                usize::from(s.tokens[p - 1])
-            } else {
-                BOS
-            };
-            let same = if p >= TOKENS_PER_FRAME {
-                usize::from(s.tokens[p - TOKENS_PER_FRAME])
-            } else {
-                BOS
-            };
+            let prev = if p > 0 { usize::from(s.tokens[p - 1]) } else { BOS };
+            let same = if p >= TOKENS_PER_FRAME { usize::from(s.tokens[p - TOKENS_PER_FRAME]) } else { BOS };
             debug_assert!(prev < INPUT_VOCAB && same < INPUT_VOCAB);
             let rows = [
                 &self.tok_prev[prev * d..][..d],
@@ -178,18 +161,16 @@ impl Transformer {
                 *v = rows.iter().fold(0i32, |acc, r| acc.saturating_add(r[i]));
             }
         }
+        let windows: Vec<_> = sessions.iter().map(|s| self.window(s.tokens.len())).collect();
         let mut scratch = Scratch::new(b, d);
         for (l, layer) in self.layers.iter().enumerate() {
             scratch.norm_quantize(&x, &layer.norm1, d);
             let mut qkv = vec![0i32; b * 3 * d];
             layer.qkv.apply(&scratch.q, &scratch.shifts, &mut qkv);
             let mut attn = vec![0i32; b * d];
-            for ((s, row), out) in sessions
-                .iter_mut()
-                .zip(qkv.chunks_exact(3 * d))
-                .zip(attn.chunks_exact_mut(d))
-            {
-                self.attend(layer, l, s, row, out);
+            let rows = qkv.chunks_exact(3 * d).zip(attn.chunks_exact_mut(d)).zip(&windows);
+            for (s, ((row, out), window)) in sessions.iter_mut().zip(rows) {
+                self.attend(layer, l, s, row, window, out);
             }
             scratch.quantize_rows(&attn, d);
             self.residual(&layer.out, &scratch, &mut x);
@@ -205,9 +186,7 @@ impl Transformer {
         let mut logits = vec![0i32; b * VOCAB];
         self.head.apply(&scratch.q, &scratch.shifts, &mut logits);
         for row in logits.chunks_exact_mut(VOCAB) {
-            row.iter_mut()
-                .zip(&self.head_bias)
-                .for_each(|(v, &bias)| *v = v.saturating_add(bias));
+            row.iter_mut().zip(&self.head_bias).for_each(|(v, &bias)| *v = v.saturating_add(bias));
         }
         logits
     }
@@ -215,80 +194,74 @@ impl Transformer {
     fn residual(&self, m: &Matrix, scratch: &Scratch, x: &mut [i32]) {
         let mut y = vec![0i32; x.len()];
         m.apply(&scratch.q, &scratch.shifts, &mut y);
-        x.iter_mut()
-            .zip(&y)
-            .for_each(|(a, &b)| *a = a.saturating_add(b));
+        x.iter_mut().zip(&y).for_each(|(a, &b)| *a = a.saturating_add(b));
+    }
+
+    /// The cache slots of the window seen by a session's next element, oldest frame first,
+    /// with their frame offsets: the previous `context_frames` frames whole and the current
+    /// frame up to and including the element itself.
+    fn window(&self, p: usize) -> (Vec<usize>, Vec<usize>) {
+        let k_frames = self.spec.context_frames;
+        let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
+        let mut slots = vec![];
+        let mut offsets = vec![];
+        for f in t.saturating_sub(k_frames)..=t {
+            let n = if f == t { pos + 1 } else { TOKENS_PER_FRAME };
+            slots.extend((0..n).map(|i| (f % (k_frames + 1)) * TOKENS_PER_FRAME + i));
+            offsets.extend(std::iter::repeat_n(t - f, n));
+        }
+        (slots, offsets)
     }
 
     /// Multi-head attention of one session's new element (its `q, k, v` in `qkv`, Q12) over
-    /// the cached window; writes the Q12 result to `out`.
-    fn attend(&self, layer: &Layer, l: usize, s: &mut Session, qkv: &[i32], out: &mut [i32]) {
+    /// the window `slots` (with frame `offsets`); writes the Q12 result to `out`.
+    fn attend(
+        &self,
+        layer: &Layer,
+        l: usize,
+        s: &mut Session,
+        qkv: &[i32],
+        window: &(Vec<usize>, Vec<usize>),
+        out: &mut [i32],
+    ) {
         let spec = &self.spec;
-        let (d, hd, k_frames) = (spec.width, spec.head_dim(), spec.context_frames);
-        let p = s.tokens.len();
-        let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
-        let slot_of = |frame: usize, pos: usize| (frame % (k_frames + 1)) * TOKENS_PER_FRAME + pos;
-        let here = slot_of(t, pos);
+        let (d, hd, heads) = (spec.width, spec.head_dim(), spec.heads);
+        let (slots, offsets) = window;
+        let here = *slots.last().expect("the window holds the element itself");
         let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
         let mut q = vec![0i16; hd];
-        // Slots in the window, oldest frame first, with their frame offsets.
-        let first = t.saturating_sub(k_frames);
-        let slots: Vec<(usize, usize)> = (first..=t)
-            .flat_map(|f| {
-                (0..if f == t { pos + 1 } else { TOKENS_PER_FRAME })
-                    .map(move |i| (slot_of(f, i), t - f))
-            })
-            .collect();
         let mut logits = vec![0i32; slots.len()];
         let mut weights = vec![0u64; slots.len()];
+        let mut probs = vec![0i32; slots.len()];
         let mut acc = vec![0i32; hd];
-        for h in 0..spec.heads {
+        for h in 0..heads {
             let span = h * hd..(h + 1) * hd;
-            keys.shift[here * spec.heads + h] = quantize(
-                &qkv[d + span.start..d + span.end],
-                &mut keys.q[here * d..][span.clone()],
-            );
-            values.shift[here * spec.heads + h] = quantize(
-                &qkv[2 * d + span.start..2 * d + span.end],
-                &mut values.q[here * d..][span.clone()],
-            );
+            keys.shift[here * heads + h] =
+                quantize(&qkv[d + span.start..d + span.end], &mut keys.q[here * d..][span.clone()]);
+            values.shift[here * heads + h] =
+                quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut values.q[here * d..][span.clone()]);
             let sq = quantize(&qkv[span.clone()], &mut q);
-            for (lg, &(slot, dt)) in logits.iter_mut().zip(&slots) {
-                let dot = kernels::dot(&q, &keys.q[slot * d..][span.clone()]);
-                let sk = keys.shift[slot * spec.heads + h];
-                *lg = shift_round(i64::from(dot), 16 - sq - sk)
-                    .saturating_add(layer.frame_bias[h * (k_frames + 1) + dt]);
+            kernels::scores(&q, &keys.q, d, span.start, slots, &mut logits);
+            let bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
+            for ((lg, &slot), &dt) in logits.iter_mut().zip(slots).zip(offsets) {
+                let sk = keys.shift[slot * heads + h];
+                *lg = shift_round(i64::from(*lg), 16 - sq - sk).saturating_add(bias[dt]);
             }
-            let max = *logits
-                .iter()
-                .max()
-                .expect("the window holds at least the element itself");
+            let max = *logits.iter().max().unwrap();
             for (w, &lg) in weights.iter_mut().zip(&logits) {
-                *w = self
-                    .tables
-                    .exp_neg((max as i64 - lg as i64).min(u32::MAX as i64) as u32);
+                *w = self.tables.exp_neg((i64::from(max) - i64::from(lg)).min(i64::from(u32::MAX)) as u32);
             }
-            let sum: u64 = weights.iter().sum();
-            let vmax = slots
-                .iter()
-                .zip(&weights)
-                .filter(|(_, &w)| w > 0)
-                .map(|(&(slot, _), _)| values.shift[slot * spec.heads + h])
-                .max()
-                .unwrap();
-            acc.fill(0);
-            for (&(slot, _), &w) in slots.iter().zip(&weights) {
+            // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits).
+            let inv = (1u64 << 51) / weights.iter().sum::<u64>();
+            let vshift = |slot: usize| values.shift[slot * heads + h];
+            let vmax = slots.iter().zip(&weights).filter(|(_, &w)| w > 0).map(|(&slot, _)| vshift(slot)).max().unwrap();
+            for ((pr, &w), &slot) in probs.iter_mut().zip(&weights).zip(slots) {
                 // Probability in Q19, scaled down to the largest value shift in the window.
-                let gap = (vmax - values.shift[slot * spec.heads + h]) as u32;
-                let prob = if gap >= 32 {
-                    0
-                } else {
-                    (((w << 19) / sum) >> gap) as i32
-                };
-                if prob != 0 {
-                    kernels::axpy(prob, &values.q[slot * d..][span.clone()], &mut acc);
-                }
+                let gap = (vmax - vshift(slot)) as u32;
+                *pr = if gap >= 32 { 0 } else { ((w * inv) >> (32 + gap)) as i32 };
             }
+            acc.fill(0);
+            kernels::weighted_sum(&probs, &values.q, d, span.start, slots, &mut acc);
             for (o, &a) in out[span].iter_mut().zip(&acc) {
                 *o = shift_round(i64::from(a), 19 - vmax);
             }
@@ -298,18 +271,10 @@ impl Transformer {
     /// The coder's frequency table for logits (Q12): softmax by the exp table, each token at
     /// least 1, total exactly 2^24 (the remainder goes to the most likely token).
     pub fn frequencies(&self, logits: &[i32], freqs: &mut [u32]) {
-        let l8: Vec<i32> = logits
-            .iter()
-            .map(|&l| shift_round(i64::from(l), 4))
-            .collect();
+        let l8: Vec<i32> = logits.iter().map(|&l| shift_round(i64::from(l), 4)).collect();
         let max = *l8.iter().max().unwrap();
-        let e: Vec<u64> = l8
-            .iter()
-            .map(|&l| {
-                self.tables
-                    .exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)
-            })
-            .collect();
+        let e: Vec<u64> =
+            l8.iter().map(|&l| self.tables.exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)).collect();
         let sum: u64 = e.iter().sum();
         let budget = u64::from(TOTAL) - VOCAB as u64;
         for (f, &ev) in freqs.iter_mut().zip(&e) {
@@ -330,11 +295,7 @@ struct Scratch {
 
 impl Scratch {
     fn new(b: usize, d: usize) -> Scratch {
-        Scratch {
-            h: vec![0; b * d],
-            q: vec![],
-            shifts: vec![0; b],
-        }
+        Scratch { h: vec![0; b * d], q: vec![], shifts: vec![0; b] }
     }
 
     fn norm_quantize(&mut self, x: &[i32], gain: &[i32], d: usize) {
@@ -349,11 +310,7 @@ impl Scratch {
 
     fn quantize_rows(&mut self, x: &[i32], width: usize) {
         self.q.resize(x.len(), 0);
-        for ((xr, qr), s) in x
-            .chunks_exact(width)
-            .zip(self.q.chunks_exact_mut(width))
-            .zip(&mut self.shifts)
-        {
+        for ((xr, qr), s) in x.chunks_exact(width).zip(self.q.chunks_exact_mut(width)).zip(&mut self.shifts) {
             *s = quantize(xr, qr);
         }
     }
