@@ -3,7 +3,7 @@
 mod bench;
 mod files;
 
-use crate::archive;
+use crate::archive::{self, CodedSegment};
 use crate::data::{read_segment_file, TOKENS_PER_FRAME};
 use crate::model::Weights;
 use crate::pipeline::{archive_model, decode_batch, encode_batch};
@@ -128,11 +128,9 @@ fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, sec
     )
 }
 
-fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
-    files::check_writable(output, force)?;
-    let paths = files::collect_inputs(inputs)?;
-    let start = Instant::now();
-    let bar = progress(paths.len(), "compress");
+/// Read and code segment files, a lockstep batch per worker, showing progress.
+fn encode_files(paths: &[PathBuf], model: &Model, what: &str) -> Result<Vec<CodedSegment>> {
+    let bar = progress(paths.len(), what);
     let coded = paths
         .par_chunks(model.batch_size())
         .map(|chunk| {
@@ -141,9 +139,16 @@ fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Re
             bar.inc(chunk.len() as u64);
             Ok(coded)
         })
-        .collect::<Result<Vec<_>>>()?
-        .concat();
+        .collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
+    Ok(coded.concat())
+}
+
+fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
+    files::check_writable(output, force)?;
+    let paths = files::collect_inputs(inputs)?;
+    let start = Instant::now();
+    let coded = encode_files(&paths, model, "compress")?;
     files::check_unique_names(coded.iter().map(|c| c.name.as_str()))?;
     let bytes = archive::write(&model.id(), &coded);
     files::write_atomic(output, &bytes, force)?;
@@ -182,18 +187,10 @@ fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -
 fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
     let paths = files::collect_inputs(inputs)?;
     let start = Instant::now();
-    let bar = progress(paths.len(), "eval");
-    let rows = paths
-        .par_chunks(model.batch_size())
-        .map(|chunk| {
-            let segments = chunk.iter().map(|p| read_segment_file(p)).collect::<Result<Vec<_>>>()?;
-            let coded = encode_batch(model, &segments)?;
-            bar.inc(chunk.len() as u64);
-            Ok(coded.into_iter().map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len())).collect::<Vec<_>>())
-        })
-        .collect::<Result<Vec<_>>>()?
-        .concat();
-    bar.finish_and_clear();
+    let rows: Vec<_> = encode_files(&paths, model, "eval")?
+        .into_iter()
+        .map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len()))
+        .collect();
     println!("{:<48} {:>10} {:>10} {:>10}", "segment", "tokens", "bytes", "bits/token");
     for (name, tokens, bytes) in &rows {
         println!("{name:<48} {tokens:>10} {bytes:>10} {:>10.4}", *bytes as f64 * 8.0 / *tokens.max(&1) as f64);
