@@ -1,6 +1,6 @@
 //! Integer transformer decode speed: `cargo bench --bench transformer [-- FILTER]`.
 //!
-//! For each model shape, decodes 32 segments in lockstep on one thread (the real coding
+//! For each model shape, decodes 8 segments in lockstep on one thread (the real coding
 //! path: range decoder, frequency tables, KV cache) and reports tokens/s per core, the
 //! multiply-accumulates per token, and their rate against this core's measured integer
 //! multiply-accumulate peak (independent chains of i16 multiply-adds on registers), for the
@@ -14,7 +14,7 @@ use cvq::predict::Model;
 use std::sync::Arc;
 use std::time::Instant;
 
-const BATCH: usize = 32;
+const BATCH: usize = 8;
 
 fn tokens(frames: usize, seed: u64) -> Vec<u16> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
