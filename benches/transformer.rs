@@ -1,6 +1,6 @@
 //! Integer transformer decode speed: `cargo bench --bench transformer [-- FILTER]`.
 //!
-//! For each model shape, decodes 8 segments in lockstep on one thread (the real coding
+//! For each model shape, decodes a lockstep batch of segments (`Model::batch_size`) on one thread (the real coding
 //! path: range decoder, frequency tables, KV cache) and reports tokens/s per core, the
 //! multiply-accumulates per token, and their rate against this core's measured integer
 //! multiply-accumulate peak (independent chains of i16 multiply-adds on registers), for the
@@ -14,7 +14,6 @@ use cvq::predict::Model;
 use std::sync::Arc;
 use std::time::Instant;
 
-const BATCH: usize = 8;
 
 fn tokens(frames: usize, seed: u64) -> Vec<u16> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -29,8 +28,8 @@ fn tokens(frames: usize, seed: u64) -> Vec<u16> {
 }
 
 /// Multiply-accumulates per second of the linear layers alone: the model's matrices applied
-/// to a batch of `BATCH` rows, the matrix work of one lockstep step.
-fn matrix_rate(spec: &ModelSpec) -> f64 {
+/// to a batch of `batch` rows, the matrix work of one lockstep step.
+fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
     let (d, m) = (spec.width, spec.mlp_width);
     let mut shapes = vec![(1024, d)];
     for _ in 0..spec.layers {
@@ -40,17 +39,17 @@ fn matrix_rate(spec: &ModelSpec) -> f64 {
         .iter()
         .map(|&(rows, cols)| {
             let w = (0..rows * cols).map(|i| (i * 7 % 255) as i16 - 127).collect();
-            let x = (0..BATCH * cols).map(|i| (i * 13 % 4095) as i16 - 2047).collect();
+            let x = (0..batch * cols).map(|i| (i * 13 % 4095) as i16 - 2047).collect();
             (x, w, cols)
         })
         .collect();
-    let macs_per_step: usize = shapes.iter().map(|(r, c)| BATCH * r * c).sum();
-    let mut out = vec![0i32; BATCH * 3 * m.max(1024)];
+    let macs_per_step: usize = shapes.iter().map(|(r, c)| batch * r * c).sum();
+    let mut out = vec![0i32; batch * 3 * m.max(1024)];
     let steps = (2_000_000_000 / macs_per_step).max(1);
     let t = Instant::now();
     for _ in 0..steps {
         for (x, w, cols) in &mats {
-            let n = BATCH * w.len() / cols;
+            let n = batch * w.len() / cols;
             kernels::matmul(std::hint::black_box(x), *cols, w, &mut out[..n]);
         }
     }
@@ -76,16 +75,17 @@ fn main() {
         let model = Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, 1).unwrap())));
         // Frames past the K-frame window cost the same as any later frame: time those.
         let frames = k + 2;
-        let segs: Vec<Segment> = (0..BATCH).map(|i| Segment::int16("s", tokens(frames, i as u64))).collect();
+        let batch = model.batch_size();
+        let segs: Vec<Segment> = (0..batch).map(|i| Segment::int16("s", tokens(frames, i as u64))).collect();
         let toks: Vec<&[u16]> = segs.iter().map(|s| s.tokens.as_slice()).collect();
-        let sizes = vec![frames * 128; BATCH];
+        let sizes = vec![frames * 128; batch];
         let payloads = code::encode(&mut model.batch(&sizes), &toks);
         let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
         let t = Instant::now();
         let out = code::decode(&mut model.batch(&sizes), &refs, &sizes);
         let secs = t.elapsed().as_secs_f64();
         assert!(out.into_iter().zip(&toks).all(|(o, t)| o.unwrap() == *t));
-        let n = (BATCH * frames * 128) as f64;
+        let n = (batch * frames * 128) as f64;
         // Attention: a score and a weighted value per head dimension for each slot of each
         // element's window (K previous frames and the current frame up to the element).
         let window: usize = (0..frames * 128).map(|p| (p / 128).min(k) * 128 + p % 128 + 1).sum();
@@ -95,7 +95,7 @@ fn main() {
             "{name:<24} {macs:>10.0} {rate:>10.0} {:>9.2} {:>8.1}% {:>14.1}%",
             rate * macs / 1e9,
             rate * macs / peak * 100.0,
-            matrix_rate(&spec) / peak * 100.0
+            matrix_rate(&spec, batch) / peak * 100.0
         );
     }
 }
