@@ -14,7 +14,6 @@ use cvq::predict::Model;
 use std::sync::Arc;
 use std::time::Instant;
 
-
 fn tokens(frames: usize, seed: u64) -> Vec<u16> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..frames * 128)

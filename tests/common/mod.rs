@@ -2,27 +2,8 @@
 #![allow(dead_code)]
 
 use cvq::data::{read_segment_file, Segment};
-use std::path::PathBuf;
 
-/// A file of real data from `$CVQ_DATA` (default `../shared/data` beside the repository).
-/// Absent: the test skips with a message, unless `CVQ_REQUIRE_DATA=1` (CI) makes it fail.
-pub fn real_data(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("CVQ_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    let path = dir.join(name);
-    if path.is_file() {
-        return Some(path);
-    }
-    let msg = format!("real data {} not found (set CVQ_DATA)", path.display());
-    if std::env::var("CVQ_REQUIRE_DATA").is_ok_and(|v| v == "1") {
-        panic!("{msg}; CVQ_REQUIRE_DATA=1 makes this a failure");
-    }
-    // Written past the test harness's capture, so the skip is seen even when the test passes.
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
-    None
-}
+pub use cvq::data::shared::shared_data as real_data;
 
 pub fn clip() -> Option<Segment> {
     real_data("clip.npy").map(|p| read_segment_file(&p).unwrap())
