@@ -128,6 +128,10 @@ fn run(a: Args) -> Result<()> {
     if a.output.exists() && !a.force {
         bail!("{}: already exists (use --force to replace it)", a.output.display());
     }
+    // Find an unwritable output now, not after hours of training.
+    let tmp = a.output.with_extension("tmp");
+    std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", a.output.display()))?;
+    std::fs::remove_file(&tmp)?;
     let spec = ModelSpec {
         layers: a.layers,
         width: a.width,

@@ -81,3 +81,27 @@ fn offline_hub_reads_a_shard_from_the_cache() {
     assert!(format!("{missing:#}").contains("data-0001.tar.gz is not in the cache"), "{missing:#}");
     assert_eq!(hub::parse_shards("0-1,5").unwrap(), vec![0, 1, 5]);
 }
+
+#[test]
+fn training_resumes_from_a_checkpoint() {
+    let Some(split) = clip_split() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(6, 0);
+    c.eval_every = 4;
+    c.checkpoint = Some(dir.path().to_path_buf());
+    let vm = VarMap::new();
+    let model = Gpt::new(TINY, &vm, &Device::Cpu, 4).unwrap();
+    train::run(&model, &vm, &split, &c, 0, &Device::Cpu).unwrap();
+    let saved = export::export(&model).unwrap();
+    // A fresh model loads the last checkpoint (written at step 6, the end) and agrees.
+    let mut vm2 = VarMap::new();
+    let model2 = Gpt::new(TINY, &vm2, &Device::Cpu, 5).unwrap();
+    assert_eq!(train::load_checkpoint(&mut vm2, dir.path()).unwrap(), 6);
+    assert_eq!(export::export(&model2).unwrap().hash, saved.hash);
+    // Resuming runs only the steps left.
+    c.steps = 8;
+    train::run(&model2, &vm2, &split, &c, 6, &Device::Cpu).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("checkpoint.step")).unwrap(), "8");
+    let missing = train::load_checkpoint(&mut VarMap::new(), &dir.path().join("nothing")).unwrap_err();
+    assert!(format!("{missing:#}").contains("no checkpoint to resume"), "{missing:#}");
+}
