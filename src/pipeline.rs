@@ -6,9 +6,11 @@
 use crate::archive::{self, Archive, CodedSegment};
 use crate::code;
 use crate::data::{npy::parse_header, Segment, TOKENS_PER_FRAME};
+use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Model};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Code one lockstep batch of segments.
 pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegment>> {
@@ -38,20 +40,24 @@ pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegm
         .collect())
 }
 
-/// The predictor that wrote `archive`: the context mixer, or `neural` if its weights match.
-pub fn archive_model(archive: &Archive, neural: Option<&Model>) -> Result<Model> {
+/// The predictor that wrote `archive`: the context mixer, or the neural or mixed model of
+/// `weights` if their id is the archive's.
+pub fn archive_model(archive: &Archive, weights: Option<&Arc<Transformer>>) -> Result<Model> {
     let id = archive.model_id;
-    if id == Model::ContextMix.id() {
-        return Ok(Model::ContextMix);
+    let candidates = std::iter::once(Model::ContextMix)
+        .chain(weights.into_iter().flat_map(|t| [Model::Neural(Arc::clone(t)), Model::Mixed(Arc::clone(t))]));
+    for m in candidates {
+        if m.id() == id {
+            return Ok(m);
+        }
     }
-    match neural {
-        Some(m) if m.id() == id => Ok(m.clone()),
-        Some(m) => bail!(
-            "archive was written with weights {}..., but the weights given are {}...",
+    match weights {
+        Some(t) => bail!(
+            "archive was written by model {}..., which is neither the context mixer nor a model of the weights given ({}...)",
             hex(&id[..8]),
-            hex(&m.id()[..8])
+            hex(&t.hash[..8])
         ),
-        None => bail!("archive was written with neural weights {}...: pass them with --weights", hex(&id[..8])),
+        None => bail!("archive was written by model {}..., which needs neural weights: pass them with --weights", hex(&id[..8])),
     }
 }
 
@@ -94,11 +100,10 @@ pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>>
     Ok(archive::write(&model.id(), &coded.concat()))
 }
 
-/// Decompress a whole archive in memory; `neural` is the model to use if it is not the
-/// context mixer's.
-pub fn decompress_segments(bytes: &[u8], neural: Option<&Model>) -> Result<Vec<Segment>> {
+/// Decompress a whole archive in memory; `weights` are the neural model's, if it needs them.
+pub fn decompress_segments(bytes: &[u8], weights: Option<&Arc<Transformer>>) -> Result<Vec<Segment>> {
     let archive = archive::parse(bytes)?;
-    let model = archive_model(&archive, neural)?;
+    let model = archive_model(&archive, weights)?;
     let indices: Vec<usize> = (0..archive.entries.len()).collect();
     let batches: Vec<Vec<Result<Segment>>> =
         indices.par_chunks(model.batch_size()).map(|chunk| decode_batch(&archive, &model, chunk)).collect();

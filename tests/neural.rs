@@ -66,7 +66,7 @@ fn batch_size_and_threads_do_not_change_a_byte() {
     let a = pool(1).install(|| compress_segments(&m, &segments)).unwrap();
     let b = pool(2).install(|| compress_segments(&m, &segments)).unwrap();
     assert_eq!(a, b);
-    assert_eq!(decompress_segments(&a, Some(&m)).unwrap(), segments);
+    assert_eq!(decompress_segments(&a, m.transformer()).unwrap(), segments);
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn clip_round_trips_with_a_seeded_model() {
     let Some(seg) = clip() else { return };
     let m = model(ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 }, 5);
     let bytes = compress_segments(&m, std::slice::from_ref(&seg)).unwrap();
-    let back = decompress_segments(&bytes, Some(&m)).unwrap();
+    let back = decompress_segments(&bytes, m.transformer()).unwrap();
     assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(common::real_data("clip.npy").unwrap()).unwrap());
 }
 
@@ -82,8 +82,8 @@ fn clip_round_trips_with_a_seeded_model() {
 fn other_weights_are_refused() {
     let (a, b) = (model(SMALL, 1), model(SMALL, 2));
     let bytes = compress_segments(&a, &[synthetic("x", 2, 1)]).unwrap();
-    let err = format!("{:#}", decompress_segments(&bytes, Some(&b)).unwrap_err());
-    assert!(err.contains("but the weights given are"), "{err}");
+    let err = format!("{:#}", decompress_segments(&bytes, b.transformer()).unwrap_err());
+    assert!(err.contains("neither the context mixer nor a model of the weights given"), "{err}");
     let err = format!("{:#}", decompress_segments(&bytes, None).unwrap_err());
     assert!(err.contains("pass them with --weights"), "{err}");
 }

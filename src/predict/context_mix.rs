@@ -6,8 +6,14 @@
 //! previous frames), and a logistic mixer (one weight set per tree depth) combines them. The
 //! frequency table is the tree's leaves: each node splits its integer share of the total
 //! between its two subtrees by the mixed probability, keeping at least one unit per leaf.
+//!
+//! A prior table (the neural predictor's) can join the mix as one more input: at each node,
+//! the logit of its split of the prior's mass. Without a prior that input is zero, which
+//! leaves the dot product and every weight update as they were: the context mixer alone
+//! codes the same bits either way.
 
 use super::logistic::{squash, Stretch};
+use super::neural::FreqTable;
 use super::{Interval, Predictor, TOTAL};
 use crate::data::TOKENS_PER_FRAME;
 
@@ -20,7 +26,10 @@ const DEPTH: usize = 10;
 const SLOT_BITS: u32 = 5;
 const LEVELS: usize = DEPTH / SLOT_BITS as usize;
 const N_MODELS: usize = 14;
-const N_INPUTS: usize = N_MODELS + 1;
+/// The context models, a bias and the prior.
+const N_INPUTS: usize = N_MODELS + 2;
+const BIAS: usize = N_MODELS;
+const PRIOR: usize = N_MODELS + 1;
 /// Value standing for "no token here" (outside the frame or before the first frame).
 const NONE: u64 = 1024;
 /// Counters adapt at rate 1/(n + 1.5) until n reaches this, then stay at that rate
@@ -30,6 +39,9 @@ const COUNT_LIMIT: u32 = 16;
 const MIX_RATE: i32 = 8;
 /// Initial mixer weight (1/8 in 16.16 fixed point): the models start out trusted a little.
 const INITIAL_WEIGHT: i32 = 1 << 13;
+/// The prior starts out trusted most (weight 0.75): a trained network knows more than empty
+/// counters (0.5-0.75 code alike on the clip's held-out frames; 1.0 and 2.0 worse).
+const INITIAL_PRIOR_WEIGHT: i32 = 3 << 14;
 /// Weights are kept within +-256.0, far beyond any useful value, so no input can overflow them.
 const MAX_WEIGHT: i32 = 1 << 24;
 /// Largest counter table per model, in bits of entries (16 MiB of u32). Larger tables code
@@ -84,7 +96,7 @@ impl ContextMix {
             // Zeroed memory is mapped lazily: untouched parts of the tables cost nothing.
             counters: vec![0; N_MODELS << table_bits],
             table_bits,
-            weights: [[INITIAL_WEIGHT; N_INPUTS]; DEPTH],
+            weights: [std::array::from_fn(|i| if i == PRIOR { INITIAL_PRIOR_WEIGHT } else { INITIAL_WEIGHT }); DEPTH],
             keys: [0; N_MODELS],
             keys_for: usize::MAX,
             path: [Decision::default(); DEPTH],
@@ -147,8 +159,8 @@ impl ContextMix {
 
     /// Walk the tree from the root, choosing each bit with `choose(start_of_one_branch, depth)`;
     /// returns the leaf reached and its interval, and records the decisions in `path`.
-    /// Reads the model only: `update` is the one place that learns.
-    fn walk(&mut self, choose: impl Fn(u32, usize) -> bool) -> (u16, Interval) {
+    /// Reads the model only: `learn` is the one place that learns.
+    fn walk(&mut self, prior: Option<&FreqTable>, choose: impl Fn(u32, usize) -> bool) -> (u16, Interval) {
         if self.keys_for != self.history.len() {
             self.keys = self.contexts();
             self.keys_for = self.history.len();
@@ -172,7 +184,8 @@ impl ContextMix {
                 let p12 = if owned { self.counters[dec.counters[m]] >> 20 } else { 2048 };
                 dec.inputs[m] = self.stretch.get(p12);
             }
-            dec.inputs[N_MODELS] = 256;
+            dec.inputs[BIAS] = 256;
+            dec.inputs[PRIOR] = prior.map_or(0, |t| self.stretch.get(split(t, d, node)));
             let dot: i64 = dec.inputs.iter().zip(&self.weights[d]).map(|(&x, &w)| i64::from(x) * i64::from(w)).sum();
             dec.p = squash((dot >> 16) as i32);
             // Split `total` between the 0 and 1 subtrees, at least one unit per leaf.
@@ -195,18 +208,29 @@ impl ContextMix {
     }
 }
 
-impl Predictor for ContextMix {
-    fn interval(&mut self, token: u16) -> Interval {
-        self.walk(|_, d| token >> (9 - d) & 1 == 1).1
+/// The 12-bit probability that the prior puts on the 1 branch of `node` at depth `d`.
+fn split(prior: &FreqTable, d: usize, node: usize) -> u32 {
+    let width = 1024 >> d;
+    let lo = (node - (1 << d)) * width;
+    let (zeros, ones) = (prior.mass(lo, lo + width / 2), prior.mass(lo + width / 2, lo + width));
+    ((u64::from(ones) << 12) / u64::from(zeros + ones)).clamp(1, 4095) as u32
+}
+
+impl ContextMix {
+    /// The interval of `token`, with `prior` in the mix.
+    pub fn interval_with(&mut self, prior: Option<&FreqTable>, token: u16) -> Interval {
+        self.walk(prior, |_, d| token >> (9 - d) & 1 == 1).1
     }
 
-    fn find(&mut self, target: u32) -> (u16, Interval) {
-        self.walk(|one_start, _| target >= one_start)
+    /// The token whose interval holds `target`, with `prior` in the mix.
+    pub fn find_with(&mut self, prior: Option<&FreqTable>, target: u32) -> (u16, Interval) {
+        self.walk(prior, |one_start, _| target >= one_start)
     }
 
-    fn update(&mut self, token: u16) {
+    /// Learn `token`; `prior` must be the one its interval was computed with.
+    pub fn learn(&mut self, prior: Option<&FreqTable>, token: u16) {
         if self.path_token != Some(token) {
-            self.interval(token);
+            self.interval_with(prior, token);
         }
         // Claim slots owned by other contexts (or never used) for this token's contexts.
         for slot in self.slots.iter().flatten() {
@@ -228,6 +252,20 @@ impl Predictor for ContextMix {
         }
         self.history.push(token);
         self.path_token = None;
+    }
+}
+
+impl Predictor for ContextMix {
+    fn interval(&mut self, token: u16) -> Interval {
+        self.interval_with(None, token)
+    }
+
+    fn find(&mut self, target: u32) -> (u16, Interval) {
+        self.find_with(None, target)
+    }
+
+    fn update(&mut self, token: u16) {
+        self.learn(None, token)
     }
 }
 

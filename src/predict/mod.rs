@@ -7,10 +7,12 @@
 
 mod context_mix;
 mod logistic;
+mod mixed;
 pub mod neural;
 pub mod transformer;
 
 pub use context_mix::ContextMix;
+pub use mixed::Mixed;
 pub use neural::Neural;
 
 use std::sync::Arc;
@@ -45,6 +47,9 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
     (0..VOCAB as u16).map(|t| p.interval(t).freq).collect()
 }
 
+/// Hashed with the weights' hash into the mixed model's id.
+const MIXED_ID: &[u8] = b"cvq mixed 1";
+
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
 #[derive(Clone)]
@@ -53,6 +58,8 @@ pub enum Model {
     ContextMix,
     /// The integer transformer with its weights.
     Neural(Arc<Transformer>),
+    /// The transformer's table mixed into the context mixer.
+    Mixed(Arc<Transformer>),
 }
 
 impl std::fmt::Debug for Model {
@@ -60,6 +67,7 @@ impl std::fmt::Debug for Model {
         match self {
             Model::ContextMix => write!(f, "context-mix"),
             Model::Neural(t) => write!(f, "neural {:?} (weights {})", t.spec, hex(&t.hash[..8])),
+            Model::Mixed(t) => write!(f, "mixed: context-mix + neural {:?} (weights {})", t.spec, hex(&t.hash[..8])),
         }
     }
 }
@@ -70,12 +78,21 @@ pub fn hex(bytes: &[u8]) -> String {
 
 impl Model {
     /// 32-byte identifier: for the context mixer a hash of its name and version, for a neural
-    /// model the SHA-256 of its weights file.
+    /// model its weights' content hash, for the mix a hash of both.
     pub fn id(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         match self {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
             Model::Neural(t) => t.hash,
+            Model::Mixed(t) => Sha256::new().chain_update(MIXED_ID).chain_update(t.hash).finalize().into(),
+        }
+    }
+
+    /// The weights of the neural part, if any.
+    pub fn transformer(&self) -> Option<&Arc<Transformer>> {
+        match self {
+            Model::ContextMix => None,
+            Model::Neural(t) | Model::Mixed(t) => Some(t),
         }
     }
 
@@ -84,6 +101,9 @@ impl Model {
         match self {
             Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect()),
             Model::Neural(t) => Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n)).collect()),
+            Model::Mixed(t) => {
+                Batch::Mixed(sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n), n)).collect())
+            }
         }
     }
 
@@ -95,7 +115,7 @@ impl Model {
     pub fn batch_size(&self) -> usize {
         match self {
             Model::ContextMix => 1,
-            Model::Neural(_) => 8,
+            Model::Neural(_) | Model::Mixed(_) => 8,
         }
     }
 }
@@ -104,23 +124,27 @@ impl Model {
 pub enum Batch {
     ContextMix(Vec<ContextMix>),
     Neural(Vec<Neural>),
+    Mixed(Vec<Mixed>),
 }
 
 impl Batch {
     /// Make the next token's table ready for each segment in `active` (one batched step for
     /// the transformer; nothing to do for the context mixer, which works lazily).
     pub fn prepare(&mut self, active: &[usize]) {
-        if let Batch::Neural(preds) = self {
-            let mut chosen: Vec<&mut Neural> =
-                preds.iter_mut().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, p)| p).collect();
-            Neural::prepare(&mut chosen);
-        }
+        let mut chosen: Vec<&mut Neural> = match self {
+            Batch::ContextMix(_) => return,
+            Batch::Neural(p) => p.iter_mut().collect(),
+            Batch::Mixed(p) => p.iter_mut().map(|m| &mut m.neural).collect(),
+        };
+        chosen = chosen.into_iter().enumerate().filter(|(i, _)| active.contains(i)).map(|(_, n)| n).collect();
+        Neural::prepare(&mut chosen);
     }
 
     pub fn get(&mut self, i: usize) -> &mut dyn Predictor {
         match self {
             Batch::ContextMix(p) => &mut p[i],
             Batch::Neural(p) => &mut p[i],
+            Batch::Mixed(p) => &mut p[i],
         }
     }
 }

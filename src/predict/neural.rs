@@ -27,6 +27,11 @@ impl FreqTable {
         Interval { start: self.cum[t], freq: self.cum[t + 1] - self.cum[t] }
     }
 
+    /// The total frequency of tokens `lo..hi`.
+    pub fn mass(&self, lo: usize, hi: usize) -> u32 {
+        self.cum[hi] - self.cum[lo]
+    }
+
     pub fn find(&self, target: u32) -> (u16, Interval) {
         let t = self.cum.partition_point(|&c| c <= target) - 1;
         (t as u16, self.interval(t as u16))
@@ -68,7 +73,7 @@ impl Neural {
         }
     }
 
-    fn table(&mut self) -> &FreqTable {
+    pub fn table(&mut self) -> &FreqTable {
         if self.table.is_none() {
             Neural::prepare(&mut [self]);
         }

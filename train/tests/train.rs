@@ -56,7 +56,7 @@ fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
     let m = Model::Neural(Arc::new(Transformer::new(&loaded)));
     let clip = read_segment_file(&shared_data("clip.npy").unwrap()).unwrap();
     let bytes = cvq::pipeline::compress_segments(&m, std::slice::from_ref(&clip)).unwrap();
-    let back = cvq::pipeline::decompress_segments(&bytes, Some(&m)).unwrap();
+    let back = cvq::pipeline::decompress_segments(&bytes, m.transformer()).unwrap();
     assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(shared_data("clip.npy").unwrap()).unwrap());
 }
 
