@@ -1,40 +1,262 @@
-//! `cvq bench`: bits per token, coder overhead and speed on real segments, one table a run.
+//! `cvq bench`: cvq's predictors against lzma, zstd and zpaq on the same segments, one table
+//! measured in one run (sizes, round trips and speeds), then an estimate of the challenge score.
 
+use crate::archive::{self, CodedSegment};
 use crate::code::{decode, encode, ideal_bits};
-use crate::data::read_segment_file;
+use crate::data::npy::npy_header;
+use crate::data::{read_segment_file, Segment, TOKENS_PER_FRAME};
+use crate::predict::transformer::Transformer;
 use crate::predict::Model;
-use anyhow::{ensure, Result};
-use std::path::PathBuf;
+use anyhow::{ensure, Context, Result};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Instant;
 
-pub fn run(paths: &[PathBuf], model: &Model) -> Result<()> {
-    println!("model: {model:?}, one thread per segment");
+/// The challenge: 5000 segments of 1200 frames, scored against their 10-bit tokens.
+const CHALLENGE_SEGMENTS: usize = 5000;
+const CHALLENGE_FRAMES: usize = 1200;
+const CHALLENGE_TOKENS: usize = CHALLENGE_FRAMES * TOKENS_PER_FRAME;
+/// A commaVQ-style segment name (32 hex digits, `_n`), for the index cost of one entry.
+const DATASET_NAME: &str = "3b41c0fa8959aea6c118e5714f412a2e_10";
+/// Shipped in the challenge zip beside the archive.
+const DECOMPRESS_PY: &[u8] = include_bytes!("../../scripts/decompress.py");
+
+/// One method's result on one segment.
+struct Measured {
+    bytes: usize,
+    compress_s: f64,
+    decompress_s: f64,
+    /// The model's ideal code length, for cvq rows where it costs little to compute.
+    ideal_bits: Option<f64>,
+}
+
+/// `weights_bytes`: the size of the weights file the neural and mixed models ship with.
+pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: &Path, weights_bytes: usize) -> Result<()> {
+    let models = [Model::ContextMix, Model::Neural(Arc::clone(weights)), Model::Mixed(Arc::clone(weights))];
+    println!("neural weights: {:?}; one thread, one segment at a time", models[1]);
     println!(
-        "{:<32} {:>8} {:>10} {:>10} {:>9} {:>12} {:>12}",
-        "input", "tokens", "bits/tok", "ideal", "overhead", "comp tok/s", "decomp tok/s"
+        "{:<24} {:<18} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>12}",
+        "input", "method", "bytes", "bits/tok", "rate", "ideal", "overhead", "comp tok/s", "decomp tok/s"
     );
+    // Per cvq model: total payload bytes over the inputs.
+    let mut payload_totals = [0usize; 3];
+    let mut tokens = 0;
     for p in paths {
         let seg = read_segment_file(p)?;
+        let at = || p.display().to_string();
+        // zstd and zpaq get the tokens as the dataset stores them: int16 LE in (frame, position)
+        // order, without the npy header.
+        let raw = i16_bytes(seg.tokens.iter().copied());
         let n = seg.tokens.len();
-        let t0 = Instant::now();
-        let payload = encode(&mut model.batch(&[n]), &[&seg.tokens]).remove(0);
-        let comp = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let back = decode(&mut model.batch(&[n]), &[&payload], &[n]).remove(0)?;
-        let decomp = t0.elapsed().as_secs_f64();
-        ensure!(back == seg.tokens, "{}: round trip mismatch", p.display());
-        let ideal = ideal_bits(&seg.tokens, model.batch(&[n]).get(0));
-        let actual = payload.len() as f64 * 8.0;
-        println!(
-            "{:<32} {:>8} {:>10.4} {:>10.4} {:>8.4}% {:>12.0} {:>12.0}",
-            seg.name,
-            n,
-            actual / n as f64,
-            ideal / n as f64,
-            (actual / ideal - 1.0) * 100.0,
-            n as f64 / comp,
-            n as f64 / decomp
-        );
+        let lzma = external_pipe("xz", &["-6", "-T1"], &transposed(&seg)).with_context(at)?;
+        print_row(&seg.name, "lzma (baseline)", n, lzma);
+        print_row(&seg.name, "zstd -19", n, external_pipe("zstd", &["-19", "-q"], &raw).with_context(at)?);
+        print_row(&seg.name, "zpaq -m5", n, zpaq(&raw).with_context(at)?);
+        for (model, total) in models.iter().zip(&mut payload_totals) {
+            let m = cvq(model, &seg.tokens).with_context(at)?;
+            *total += m.bytes;
+            print_row(&seg.name, &format!("cvq {}", short_name(model)), n, Some(m));
+        }
+        tokens += n;
     }
+    let estimates = models.iter().zip(payload_totals).map(|(model, total)| {
+        let archive = archive_estimate(model, total * CHALLENGE_TOKENS / tokens.max(1));
+        let weights = if model.transformer().is_some() { weights_bytes } else { 0 };
+        (model, archive, weights)
+    });
+    let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("three models");
+    print_score(short_name(model), archive, weights, decoder)
+}
+
+fn short_name(model: &Model) -> &'static str {
+    match model {
+        Model::ContextMix => "context-mix",
+        Model::Neural(_) => "neural",
+        Model::Mixed(_) => "mixed",
+    }
+}
+
+fn print_row(input: &str, method: &str, tokens: usize, m: Option<Measured>) {
+    let Some(m) = m else {
+        return println!("{input:<24} {method:<18} not installed");
+    };
+    let bits = m.bytes as f64 * 8.0;
+    let (ideal, overhead) = match m.ideal_bits {
+        Some(i) => (format!("{:.4}", i / tokens as f64), format!("{:.4}%", (bits / i - 1.0) * 100.0)),
+        None => ("-".into(), "-".into()),
+    };
+    println!(
+        "{input:<24} {method:<18} {:>10} {:>9.4} {:>7.3} {ideal:>9} {overhead:>9} {:>12.0} {:>12.0}",
+        m.bytes,
+        bits / tokens as f64,
+        10.0 * tokens as f64 / bits,
+        tokens as f64 / m.compress_s,
+        tokens as f64 / m.decompress_s
+    );
+}
+
+fn i16_bytes(tokens: impl Iterator<Item = u16>) -> Vec<u8> {
+    tokens.flat_map(|t| (t as i16).to_le_bytes()).collect()
+}
+
+/// The challenge baseline's layout: int16 tokens with frames transposed to (128, N), so each
+/// position's tokens over time are contiguous (`tokens.reshape(-1, 128).T.tobytes()`).
+fn transposed(seg: &Segment) -> Vec<u8> {
+    let frames = seg.frames();
+    i16_bytes((0..TOKENS_PER_FRAME).flat_map(|p| (0..frames).map(move |f| seg.tokens[f * TOKENS_PER_FRAME + p])))
+}
+
+/// Compress `data` through `tool ARGS -c` and back through `tool -d -c`, checking the round
+/// trip. `xz -6` (single-threaded, so one block as Python's lzma writes) gives Python's
+/// `lzma.compress` defaults: xz format, CRC64. None when the tool is not installed.
+fn external_pipe(tool: &str, args: &[&str], data: &[u8]) -> Result<Option<Measured>> {
+    let t0 = Instant::now();
+    let Some(packed) = pipe(tool, &[args, &["-c"]].concat(), data)? else {
+        return Ok(None);
+    };
+    let compress_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let back = pipe(tool, &["-d", "-c"], &packed)?.with_context(|| format!("{tool}: vanished mid-run"))?;
+    let decompress_s = t0.elapsed().as_secs_f64();
+    ensure!(back == data, "{tool}: round trip mismatch");
+    Ok(Some(Measured { bytes: packed.len(), compress_s, decompress_s, ideal_bits: None }))
+}
+
+/// Run `tool` with `input` on stdin; its stdout, or None when it is not installed.
+fn pipe(tool: &str, args: &[&str], input: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut child =
+        match Command::new(tool).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+        {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            r => r.with_context(|| format!("{tool}: cannot start"))?,
+        };
+    let mut stdin = child.stdin.take().expect("piped");
+    // Feed stdin from another thread: a tool's stdout fills its pipe long before it has read
+    // all of a large input.
+    let (written, out) = std::thread::scope(|s| {
+        let writer = s.spawn(move || stdin.write_all(input));
+        let out = child.wait_with_output();
+        (writer.join().expect("writer thread"), out)
+    });
+    let out = checked(tool, args, out)?;
+    written.with_context(|| format!("{tool}: cannot write its input"))?;
+    Ok(Some(out.stdout))
+}
+
+/// The tool's output if it ran and succeeded; otherwise an error naming it, with its stderr.
+fn checked(tool: &str, args: &[&str], out: std::io::Result<Output>) -> Result<Output> {
+    let out = out.with_context(|| format!("{tool}: cannot run"))?;
+    ensure!(
+        out.status.success(),
+        "{tool} {}: failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out)
+}
+
+/// zpaq works on files: archive `data` (natural order, int16 LE) with `-m5` in a scratch
+/// directory and extract it again. None when zpaq is not installed.
+fn zpaq(data: &[u8]) -> Result<Option<Measured>> {
+    let dir = ScratchDir::new()?;
+    std::fs::write(dir.0.join("tokens"), data).with_context(|| format!("{}: cannot write", dir.0.display()))?;
+    let run = |args: &[&str]| -> Result<Option<()>> {
+        match Command::new("zpaq").args(args).current_dir(&dir.0).output() {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            out => checked("zpaq", args, out).map(|_| Some(())),
+        }
+    };
+    let t0 = Instant::now();
+    if run(&["a", "tokens.zpaq", "tokens", "-m5"])?.is_none() {
+        return Ok(None);
+    }
+    let compress_s = t0.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(dir.0.join("tokens.zpaq")).context("zpaq: wrote no archive")?.len() as usize;
+    let t0 = Instant::now();
+    run(&["x", "tokens.zpaq", "tokens", "-to", "back"])?.context("zpaq: vanished mid-run")?;
+    let decompress_s = t0.elapsed().as_secs_f64();
+    ensure!(std::fs::read(dir.0.join("back")).ok().as_deref() == Some(data), "zpaq: round trip mismatch");
+    Ok(Some(Measured { bytes, compress_s, decompress_s, ideal_bits: None }))
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Result<ScratchDir> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let dir = std::env::temp_dir().join(format!("cvq-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Code `tokens` as one segment with `model`, decode and check. The ideal code length costs
+/// another pass of the model, so only the context mixer (fast) reports it; the coder is the
+/// same for every model.
+fn cvq(model: &Model, tokens: &[u16]) -> Result<Measured> {
+    let n = tokens.len();
+    let t0 = Instant::now();
+    let payload = encode(&mut model.batch(&[n]), &[tokens]).remove(0);
+    let compress_s = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let back = decode(&mut model.batch(&[n]), &[&payload], &[n]).remove(0)?;
+    let decompress_s = t0.elapsed().as_secs_f64();
+    ensure!(back == tokens, "cvq {}: round trip mismatch", short_name(model));
+    let ideal_bits = matches!(model, Model::ContextMix).then(|| ideal_bits(tokens, model.batch(&[n]).get(0)));
+    Ok(Measured { bytes: payload.len(), compress_s, decompress_s, ideal_bits })
+}
+
+/// Archive bytes for the challenge's segments, each with a `payload`-byte payload, as
+/// `archive::write` lays them out: the difference between a two-entry and a one-entry archive
+/// is the cost of one more segment.
+fn archive_estimate(model: &Model, payload: usize) -> usize {
+    let entry = CodedSegment {
+        name: DATASET_NAME.into(),
+        header: npy_header("<i2", false, &[CHALLENGE_FRAMES, 8, 16]),
+        frames: CHALLENGE_FRAMES,
+        checksum: 0,
+        payload: vec![0; payload],
+    };
+    let one = archive::write(&model.id(), std::slice::from_ref(&entry)).len();
+    let two = archive::write(&model.id(), &[entry.clone(), entry]).len();
+    one + (two - one) * (CHALLENGE_SEGMENTS - 1)
+}
+
+fn print_score(method: &str, archive: usize, weights: usize, decoder: &Path) -> Result<()> {
+    println!();
+    println!(
+        "challenge estimate for cvq {method}: {CHALLENGE_SEGMENTS} segments of {CHALLENGE_FRAMES} frames at the \
+         inputs' bits/token, zip overhead left out"
+    );
+    println!("  archive        {archive:>12} bytes");
+    match weights {
+        0 => println!("  weights                   none (the context mixer needs none)"),
+        w => println!("  weights        {w:>12} bytes"),
+    }
+    let decoder_bytes = match std::fs::metadata(decoder) {
+        Ok(m) => {
+            println!("  decoder        {:>12} bytes ({})", m.len(), decoder.display());
+            m.len() as usize
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            println!("  decoder not built ({}; scripts/build-decoder.sh); estimate leaves it out", decoder.display());
+            0
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", decoder.display())),
+    };
+    println!("  decompress.py  {:>12} bytes", DECOMPRESS_PY.len());
+    let total = archive + weights + decoder_bytes + DECOMPRESS_PY.len();
+    let original_bytes = (CHALLENGE_SEGMENTS * CHALLENGE_TOKENS * 10) as f64 / 8.0;
+    println!("  total          {total:>12} bytes: score {:.4}", original_bytes / total as f64);
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! Input discovery and safe output: no silent overwrites, no half-written files.
 
+use crate::data::{read_segment_file, shard::read_shard, Segment};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Expand inputs: files as given, directories to their files in name order.
+/// Expand inputs: files as given, directories to their files in name order. Shards stay
+/// files here (see `expand_shards`).
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     for input in inputs {
@@ -24,6 +26,38 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     ensure!(!out.is_empty(), "no input files found");
+    Ok(out)
+}
+
+/// A segment to code: an .npy file, read when its turn comes, or one from a dataset shard.
+pub enum Input {
+    File(PathBuf),
+    Loaded(Segment),
+}
+
+impl Input {
+    pub fn segment(&self) -> Result<Segment> {
+        match self {
+            Input::File(p) => read_segment_file(p),
+            Input::Loaded(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// The segments of `paths`: .npy files as they are, dataset shards (`.tar.gz`) unpacked
+/// into memory.
+pub fn expand_shards(paths: Vec<PathBuf>) -> Result<Vec<Input>> {
+    let mut out = vec![];
+    for p in paths {
+        if p.to_string_lossy().ends_with(".tar.gz") {
+            read_shard(&p, |seg| {
+                out.push(Input::Loaded(seg));
+                Ok(())
+            })?;
+        } else {
+            out.push(Input::File(p));
+        }
+    }
     Ok(out)
 }
 

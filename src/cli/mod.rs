@@ -2,18 +2,23 @@
 
 mod bench;
 mod files;
+mod pack;
+mod plot;
 
 use crate::archive::{self, CodedSegment};
-use crate::data::{read_segment_file, TOKENS_PER_FRAME};
-use crate::model::Weights;
+use crate::data::TOKENS_PER_FRAME;
+use crate::model::{default_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch};
 use crate::predict::transformer::Transformer;
 use crate::predict::Model;
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use files::Input;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -25,14 +30,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compress .npy token segments (files, or directories of them) into one archive.
+    /// Compress .npy token segments (files, directories of them, or dataset shards) into one
+    /// archive.
     Compress {
-        /// .npy files, or directories whose files are all .npy segments.
+        /// .npy files, directories whose files are all .npy segments, or dataset shards (.tar.gz).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         /// The archive to write.
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        model: ModelOpts,
+        #[command(flatten)]
+        run: RunOpts,
+    },
+    /// Build the challenge submission zip: the archive, decompress.py, the static decoder and
+    /// the weights the archive needs; prints the size of each and the score.
+    Pack {
+        /// .npy files, directories of them, or dataset shards (.tar.gz).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short, long, default_value = "submission.zip")]
+        output: PathBuf,
+        /// The xz-compressed static decoder that scripts/build-decoder.sh writes.
+        #[arg(long, default_value = "target/challenge/cvq.xz")]
+        decoder: PathBuf,
         #[command(flatten)]
         model: ModelOpts,
         #[command(flatten)]
@@ -45,7 +67,7 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
-        model: ModelOpts,
+        weights: WeightsOpt,
         #[command(flatten)]
         run: RunOpts,
     },
@@ -58,27 +80,82 @@ enum Command {
         #[arg(short = 'j', long)]
         threads: Option<usize>,
     },
-    /// Measure bits per token, coder overhead and speed both ways on real segments.
+    /// Compare cvq's predictors with lzma, zstd and zpaq on segments: bits per token and
+    /// speed, one table measured in one run, and an estimate of the challenge score.
     Bench {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         #[command(flatten)]
+        weights: WeightsOpt,
+        /// The xz-compressed challenge decoder, counted in the score estimate.
+        #[arg(long, default_value = "target/challenge/cvq.xz")]
+        decoder: PathBuf,
+    },
+    /// Draw where the bits go in one segment: a PNG heat map of bits per token over frame and
+    /// position, and the bits of each frame.
+    Plot {
+        input: PathBuf,
+        /// The PNG to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
         model: ModelOpts,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
     },
 }
 
 #[derive(Args)]
 struct ModelOpts {
-    /// Int8 safetensors weights of the neural predictor (default: the adaptive context mixer).
+    #[command(flatten)]
+    weights: WeightsOpt,
+    /// The predictor: the network mixed into the context mixer, the network alone, or the
+    /// context mixer alone (needs no weights).
+    #[arg(long, value_enum, default_value_t = Predictor::Mixed)]
+    predictor: Predictor,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Predictor {
+    Mixed,
+    Neural,
+    ContextMix,
+}
+
+#[derive(Args)]
+struct WeightsOpt {
+    /// Int8 safetensors weights of the neural model [default: the ones built into cvq].
     #[arg(long)]
     weights: Option<PathBuf>,
 }
 
+impl WeightsOpt {
+    /// The weights file's bytes: the one given, else the built-in one.
+    fn bytes(&self) -> Result<Cow<'static, [u8]>> {
+        match (&self.weights, default_weights()) {
+            (Some(p), _) => Ok(Cow::Owned(std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?)),
+            (None, Some(bytes)) => Ok(Cow::Borrowed(bytes)),
+            (None, None) => bail!("this cvq has no built-in weights (built without `default-weights`): pass --weights"),
+        }
+    }
+
+    fn load(&self) -> Result<Arc<Transformer>> {
+        let what = self.weights.as_ref().map_or("built-in weights".to_string(), |p| p.display().to_string());
+        let weights = Weights::from_bytes(&self.bytes()?).with_context(|| format!("{what}: not valid cvq weights"))?;
+        Ok(Arc::new(Transformer::new(&weights)))
+    }
+}
+
 impl ModelOpts {
     fn load(&self) -> Result<Model> {
-        Ok(match &self.weights {
-            None => Model::ContextMix,
-            Some(p) => Model::Neural(std::sync::Arc::new(Transformer::new(&Weights::load(p)?))),
+        Ok(match self.predictor {
+            Predictor::ContextMix => {
+                ensure!(self.weights.weights.is_none(), "--predictor context-mix uses no weights: drop --weights");
+                Model::ContextMix
+            }
+            Predictor::Neural => Model::Neural(self.weights.load()?),
+            Predictor::Mixed => Model::Mixed(self.weights.load()?),
         })
     }
 }
@@ -98,11 +175,22 @@ pub fn main() -> Result<()> {
         Command::Compress { inputs, output, model, run } => {
             with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force))
         }
-        Command::Decompress { archive, output, model, run } => {
-            with_threads(run.threads, || decompress(&archive, &output, &model, run.force))
+        Command::Pack { inputs, output, decoder, model, run } => with_threads(run.threads, || {
+            files::check_writable(&output, run.force)?;
+            let decoder = pack::read_decoder(&decoder)?;
+            let (archive, _, tokens) = build_archive(&inputs, &model.load()?)?;
+            let weights = if model.predictor == Predictor::ContextMix { None } else { Some(model.weights.bytes()?) };
+            pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
+        }),
+        Command::Decompress { archive, output, weights, run } => {
+            with_threads(run.threads, || decompress(&archive, &output, &weights, run.force))
         }
         Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
-        Command::Bench { inputs, model } => bench::run(&files::collect_inputs(&inputs)?, &model.load()?),
+        Command::Bench { inputs, weights, decoder } => {
+            let size = weights.bytes()?.len();
+            bench::run(&files::collect_inputs(&inputs)?, &weights.load()?, &decoder, size)
+        }
+        Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
     }
 }
 
@@ -128,13 +216,13 @@ fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, sec
     )
 }
 
-/// Read and code segment files, a lockstep batch per worker, showing progress.
-fn encode_files(paths: &[PathBuf], model: &Model, what: &str) -> Result<Vec<CodedSegment>> {
-    let bar = progress(paths.len(), what);
-    let coded = paths
+/// Read and code segments, a lockstep batch per worker, showing progress.
+fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<CodedSegment>> {
+    let bar = progress(inputs.len(), what);
+    let coded = inputs
         .par_chunks(model.batch_size())
         .map(|chunk| {
-            let segments = chunk.iter().map(|p| read_segment_file(p)).collect::<Result<Vec<_>>>()?;
+            let segments = chunk.iter().map(Input::segment).collect::<Result<Vec<_>>>()?;
             let coded = encode_batch(model, &segments)?;
             bar.inc(chunk.len() as u64);
             Ok(coded)
@@ -144,24 +232,30 @@ fn encode_files(paths: &[PathBuf], model: &Model, what: &str) -> Result<Vec<Code
     Ok(coded.concat())
 }
 
-fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
-    files::check_writable(output, force)?;
-    let paths = files::collect_inputs(inputs)?;
+/// Code the segments of `inputs` into an archive; returns it with its segment and token counts.
+fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize, usize)> {
+    let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
     let start = Instant::now();
-    let coded = encode_files(&paths, model, "compress")?;
+    let coded = encode_inputs(&inputs, model, "compress")?;
     files::check_unique_names(coded.iter().map(|c| c.name.as_str()))?;
     let bytes = archive::write(&model.id(), &coded);
-    files::write_atomic(output, &bytes, force)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
-    Ok(())
+    Ok((bytes, coded.len(), tokens))
 }
 
-fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -> Result<()> {
+fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
+    files::check_writable(output, force)?;
+    let (bytes, _, _) = build_archive(inputs, model)?;
+    files::write_atomic(output, &bytes, force)
+}
+
+fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool) -> Result<()> {
     let bytes = std::fs::read(archive_path).with_context(|| format!("{}: cannot read", archive_path.display()))?;
     let at = || archive_path.display().to_string();
     let archive = archive::parse(&bytes).with_context(at)?;
-    let neural = if model.weights.is_some() { Some(model.load()?) } else { None };
+    // Only an archive of the context mixer needs no weights.
+    let neural = if archive.model_id == Model::ContextMix.id() { None } else { Some(weights.load()?) };
     let model = archive_model(&archive, neural.as_ref()).with_context(at)?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
     let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
@@ -185,9 +279,9 @@ fn decompress(archive_path: &Path, dir: &Path, model: &ModelOpts, force: bool) -
 }
 
 fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
-    let paths = files::collect_inputs(inputs)?;
+    let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
     let start = Instant::now();
-    let rows: Vec<_> = encode_files(&paths, model, "eval")?
+    let rows: Vec<_> = encode_inputs(&inputs, model, "eval")?
         .into_iter()
         .map(|c| (c.name, c.frames * TOKENS_PER_FRAME, c.payload.len()))
         .collect();

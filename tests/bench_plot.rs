@@ -1,0 +1,148 @@
+//! `cvq bench` and `cvq plot` as a user runs them, on small synthetic segments.
+
+mod common;
+
+use cvq::model::{ModelSpec, Weights};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SMALL: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+
+fn cvq(args: &[&str], path_env: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cvq"));
+    c.args(args);
+    if let Some(p) = path_env {
+        c.env("PATH", p);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A synthetic segment file and a small random weights file in `dir`.
+fn inputs(dir: &Path, frames: usize) -> (PathBuf, PathBuf) {
+    let seg = dir.join("seg.npy");
+    std::fs::write(&seg, common::synthetic("seg.npy", frames, 7).to_npy_bytes().unwrap()).unwrap();
+    let weights = dir.join("w.safetensors");
+    std::fs::write(&weights, Weights::random(SMALL, 1).unwrap().to_bytes().unwrap()).unwrap();
+    (seg, weights)
+}
+
+/// The line of the bench table for `method`.
+fn row<'a>(out: &'a str, method: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(method))
+        .unwrap_or_else(|| panic!("no {method} row:\n{out}"))
+}
+
+#[test]
+fn plot_writes_a_png_of_the_documented_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (seg, _) = inputs(tmp.path(), 7);
+    let png = tmp.path().join("bits.png");
+    let o = cvq(&["plot", p(&seg), "-o", p(&png), "--predictor", "context-mix"], None);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let (width, height) = (be32(&bytes[16..20]), be32(&bytes[20..24]));
+    // 7 frames widen to 1200 / 7 = 171 px columns; margins 8, colour bar 16 + ticks 4.
+    assert_eq!(width, 8 + 7 * 171 + 8 + 16 + 4 + 8);
+    // Heat map of 128 rows x 2 px, curve of 160 px, three margins of 8.
+    assert_eq!(height, 8 + 256 + 8 + 160 + 8);
+    assert_eq!(&bytes[24..29], &[8, 2, 0, 0, 0], "8-bit RGB");
+    assert_eq!(idat_rows(&bytes).len(), (width as usize * 3 + 1) * height as usize);
+    let out = text(&o);
+    assert!(out.contains(&format!("{width} x {height} pixels")), "{out}");
+    assert!(out.contains("most expensive frames"), "{out}");
+
+    let again = cvq(&["plot", p(&seg), "-o", p(&png), "--predictor", "context-mix"], None);
+    assert!(!again.status.success() && text(&again).contains("already exists"), "{}", text(&again));
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b.try_into().unwrap())
+}
+
+/// The inflated IDAT of a one-IDAT PNG, checking each chunk's CRC on the way.
+fn idat_rows(png: &[u8]) -> Vec<u8> {
+    let (mut at, mut idat) = (8, vec![]);
+    while at < png.len() {
+        let len = be32(&png[at..at + 4]) as usize;
+        let (kind, data) = (&png[at + 4..at + 8], &png[at + 8..at + 8 + len]);
+        assert_eq!(be32(&png[at + 8 + len..at + 12 + len]), crc32fast::hash(&png[at + 4..at + 8 + len]));
+        if kind == b"IDAT" {
+            idat.extend_from_slice(data);
+        }
+        at += 12 + len;
+    }
+    let mut rows = vec![];
+    flate2::read::ZlibDecoder::new(&idat[..]).read_to_end(&mut rows).unwrap();
+    rows
+}
+
+#[cfg(unix)]
+#[test]
+fn bench_prints_every_method_and_a_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (seg, weights) = inputs(tmp.path(), 6);
+    // A stand-in zpaq that stores its file as is, so the file-based path runs everywhere.
+    let bin = fake_tool(tmp.path(), "zpaq", "if [ \"$1\" = a ]; then cp \"$3\" \"$2\"; else cp \"$2\" \"$5\"; fi");
+    let path = format!("{}:{}", p(&bin), std::env::var("PATH").unwrap());
+    let decoder = tmp.path().join("cvq.xz");
+    std::fs::write(&decoder, vec![0u8; 12345]).unwrap();
+    let o = cvq(&["bench", p(&seg), "--weights", p(&weights), "--decoder", p(&decoder)], Some(&path));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for method in ["lzma", "zstd"] {
+        assert!(!row(&out, method).contains("not installed"), "{out}");
+    }
+    // The stand-in stores 6 frames of int16 tokens: 1536 bytes, 16 bits/token.
+    assert_eq!(row(&out, "zpaq").split_whitespace().nth(3), Some("1536"), "{out}");
+    for model in ["context-mix", "neural", "mixed"] {
+        assert!(out.lines().any(|l| l.contains(&format!("cvq {model}"))), "no cvq {model} row:\n{out}");
+    }
+    assert!(out.contains("12345 bytes"), "the decoder is counted:\n{out}");
+    assert!(out.contains("score"), "{out}");
+}
+
+#[cfg(unix)]
+#[test]
+fn bench_reports_missing_tools_and_names_a_failing_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (seg, weights) = inputs(tmp.path(), 2);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = tmp.path().join("missing.xz");
+    let o = cvq(&["bench", p(&seg), "--weights", p(&weights), "--decoder", p(&missing)], Some(p(&empty)));
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for method in ["lzma", "zstd", "zpaq"] {
+        assert!(row(&out, method).contains("not installed"), "{out}");
+    }
+    assert!(out.contains("decoder not built"), "{out}");
+
+    let bin = fake_tool(tmp.path(), "xz", "echo 'xz: out of cheese' >&2; exit 1");
+    let o = cvq(&["bench", p(&seg), "--weights", p(&weights)], Some(p(&bin)));
+    assert!(!o.status.success());
+    assert!(text(&o).contains("xz") && text(&o).contains("out of cheese"), "{}", text(&o));
+}
+
+/// A directory holding an executable shell script `name` running `body`.
+#[cfg(unix)]
+fn fake_tool(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join(format!("bin-{name}"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join(name);
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
