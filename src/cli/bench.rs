@@ -20,8 +20,6 @@ const CHALLENGE_FRAMES: usize = 1200;
 const CHALLENGE_TOKENS: usize = CHALLENGE_FRAMES * TOKENS_PER_FRAME;
 /// A commaVQ-style segment name (32 hex digits, `_n`), for the index cost of one entry.
 const DATASET_NAME: &str = "3b41c0fa8959aea6c118e5714f412a2e_10";
-/// Shipped in the challenge zip beside the archive.
-const DECOMPRESS_PY: &[u8] = include_bytes!("../../scripts/decompress.py");
 
 /// One method's result on one segment.
 struct Measured {
@@ -254,8 +252,8 @@ fn print_score(method: &str, archive: usize, weights: usize, decoder: &Path) -> 
         }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", decoder.display())),
     };
-    println!("  decompress.py  {:>12} bytes", DECOMPRESS_PY.len());
-    let total = archive + weights + decoder_bytes + DECOMPRESS_PY.len();
+    println!("  decompress.py  {:>12} bytes", super::pack::DECOMPRESS_PY.len());
+    let total = archive + weights + decoder_bytes + super::pack::DECOMPRESS_PY.len();
     let original_bytes = (CHALLENGE_SEGMENTS * CHALLENGE_TOKENS * 10) as f64 / 8.0;
     println!("  total          {total:>12} bytes: score {:.4}", original_bytes / total as f64);
     Ok(())
