@@ -132,3 +132,25 @@ fn eval_reports_each_segment_and_writes_nothing() {
     assert!(out.contains("evaluated 3 segments"), "{out}");
     assert_eq!(std::fs::read_dir(&input).unwrap().count(), 3);
 }
+
+#[test]
+fn pack_refuses_a_bad_decoder_and_an_existing_zip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    dataset_dir(&input);
+    let zip = tmp.path().join("submission.zip");
+    let pack = |decoder: &Path| {
+        cvq(&["pack", p(&input), "--predictor", "context-mix", "--decoder", p(decoder), "-o", p(&zip)])
+    };
+    let missing = pack(&tmp.path().join("none.xz"));
+    assert!(stderr(&missing).contains("none.xz: cannot read the decoder (build it with scripts/build-decoder.sh)"));
+    let not_xz = tmp.path().join("cvq");
+    std::fs::write(&not_xz, b"\x7fELF").unwrap();
+    assert!(stderr(&pack(&not_xz)).contains("cvq: not an xz file"), "{}", stderr(&pack(&not_xz)));
+    assert!(!zip.exists(), "no zip is left behind");
+    std::fs::write(&zip, b"keep me").unwrap();
+    let xz = tmp.path().join("cvq.xz");
+    std::fs::write(&xz, b"\xfd7zXZ\0").unwrap();
+    assert!(stderr(&pack(&xz)).contains("already exists (use --force"));
+    assert_eq!(std::fs::read(&zip).unwrap(), b"keep me");
+}
