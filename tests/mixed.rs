@@ -34,7 +34,7 @@ fn clip_round_trips_and_matches_golden_hash() {
     assert_eq!(hash, GOLDEN_MIXED_CLIP);
 }
 
-const GOLDEN_MIXED_CLIP: &str = "fdb18187ab22b0a6931abe0c86f17702219d90b576a9705cb07e90a2da5cc18a";
+const GOLDEN_MIXED_CLIP: &str = "40d2676eadb9b7fa07601d65b30db57a9ba10ab14d6920ab2a0480ffd5fb6045";
 
 #[test]
 fn a_useless_network_costs_little() {

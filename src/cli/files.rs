@@ -36,6 +36,15 @@ pub enum Input {
 }
 
 impl Input {
+    /// An upper bound on the segment's tokens without reading it: an .npy file holds at
+    /// least two bytes per token.
+    pub fn max_tokens(&self) -> usize {
+        match self {
+            Input::File(p) => std::fs::metadata(p).map_or(0, |m| m.len() as usize / 2),
+            Input::Loaded(s) => s.tokens.len(),
+        }
+    }
+
     pub fn segment(&self) -> Result<Segment> {
         match self {
             Input::File(p) => read_segment_file(p),
@@ -94,4 +103,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Memory available to new work (Linux's MemAvailable), if the system says.
+pub fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }

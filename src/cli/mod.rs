@@ -199,6 +199,23 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> +
     pool.install(f)
 }
 
+/// A pool of as many workers as the current one has, or fewer if their predictors for
+/// segments of up to `max_tokens` tokens would not fit in three quarters of the available
+/// memory. The output never depends on the worker count, so this only trades time for memory.
+fn worker_pool(model: &Model, max_tokens: usize) -> Result<rayon::ThreadPool> {
+    let wanted = rayon::current_num_threads();
+    let per_worker = (model.batch_size() * model.memory(max_tokens)).max(1);
+    let fit = files::available_memory().map_or(wanted, |avail| (avail / 4 * 3 / per_worker).max(1));
+    if fit < wanted {
+        eprintln!(
+            "using {fit} of {wanted} threads: each needs about {} MB, and {} MB are available",
+            per_worker >> 20,
+            files::available_memory().unwrap_or(0) >> 20
+        );
+    }
+    Ok(rayon::ThreadPoolBuilder::new().num_threads(wanted.min(fit)).build()?)
+}
+
 fn progress(len: usize, what: &str) -> ProgressBar {
     let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})")
         .expect("valid template")
@@ -218,16 +235,19 @@ fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, sec
 
 /// Read and code segments, a lockstep batch per worker, showing progress.
 fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<CodedSegment>> {
+    let max_tokens = inputs.iter().map(Input::max_tokens).max().unwrap_or(0);
     let bar = progress(inputs.len(), what);
-    let coded = inputs
-        .par_chunks(model.batch_size())
-        .map(|chunk| {
-            let segments = chunk.iter().map(Input::segment).collect::<Result<Vec<_>>>()?;
-            let coded = encode_batch(model, &segments)?;
-            bar.inc(chunk.len() as u64);
-            Ok(coded)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let coded = worker_pool(model, max_tokens)?.install(|| {
+        inputs
+            .par_chunks(model.batch_size())
+            .map(|chunk| {
+                let segments = chunk.iter().map(Input::segment).collect::<Result<Vec<_>>>()?;
+                let coded = encode_batch(model, &segments)?;
+                bar.inc(chunk.len() as u64);
+                Ok(coded)
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     bar.finish_and_clear();
     Ok(coded.concat())
 }
@@ -265,12 +285,15 @@ fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool
     let start = Instant::now();
     let bar = progress(targets.len(), "decompress");
     let indices: Vec<usize> = (0..targets.len()).collect();
-    indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
-        for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
-            files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
-        }
-        bar.inc(chunk.len() as u64);
-        Ok(())
+    let max_tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).max().unwrap_or(0);
+    worker_pool(&model, max_tokens)?.install(|| {
+        indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
+            for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
+                files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
+            }
+            bar.inc(chunk.len() as u64);
+            Ok(())
+        })
     })?;
     bar.finish_and_clear();
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();

@@ -13,7 +13,7 @@ pub struct Mixed {
 
 impl Mixed {
     pub fn new(neural: Neural, tokens: usize) -> Mixed {
-        Mixed { neural, context_mix: ContextMix::new(tokens) }
+        Mixed { neural, context_mix: ContextMix::for_prior(tokens) }
     }
 }
 

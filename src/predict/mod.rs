@@ -48,7 +48,7 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
 }
 
 /// Hashed with the weights' hash into the mixed model's id.
-const MIXED_ID: &[u8] = b"cvq mixed 1";
+const MIXED_ID: &[u8] = b"cvq mixed 2";
 
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
@@ -104,6 +104,17 @@ impl Model {
             Model::Mixed(t) => {
                 Batch::Mixed(sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n), n)).collect())
             }
+        }
+    }
+
+    /// Bytes of the context mixer's counter tables for a segment of `tokens` tokens: what
+    /// dominates a segment's memory while it codes (a transformer's key/value cache is under
+    /// 1 MB and not counted).
+    pub fn memory(&self, tokens: usize) -> usize {
+        match self {
+            Model::ContextMix => ContextMix::memory(tokens, false),
+            Model::Neural(_) => 0,
+            Model::Mixed(_) => ContextMix::memory(tokens, true),
         }
     }
 
