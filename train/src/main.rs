@@ -29,8 +29,12 @@ struct Args {
     #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
     /// The int8 safetensors to write.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "fetch_only")]
+    output: Option<PathBuf>,
+    /// Only fetch the dataset's shards (from the cache, else downloading them) and print their
+    /// paths, one a line: `cvq pack $(cvq-train --dataset commaai/commavq --shards 0-1 --fetch-only)`.
+    #[arg(long, requires = "dataset")]
+    fetch_only: bool,
     /// Replace an existing output file.
     #[arg(long)]
     force: bool,
@@ -107,10 +111,13 @@ fn device(cuda: bool) -> Result<Device> {
     Ok(Device::new_cuda(0)?)
 }
 
+fn shard_paths(a: &Args, dataset: &str) -> Result<Vec<PathBuf>> {
+    hub::shards(dataset, &hub::parse_shards(&a.shards)?, a.cache_dir.clone(), hub::offline_from_env())
+}
+
 fn load_segments(a: &Args) -> Result<Vec<cvq::data::Segment>> {
     if let Some(dataset) = &a.dataset {
-        let paths = hub::shards(dataset, &hub::parse_shards(&a.shards)?, a.cache_dir.clone(), hub::offline_from_env())?;
-        return data::load_shards(&paths);
+        return data::load_shards(&shard_paths(a, dataset)?);
     }
     ensure!(!a.data.is_empty(), "give --dataset NAME or --data PATH...");
     let mut segments = vec![];
@@ -125,12 +132,19 @@ fn load_segments(a: &Args) -> Result<Vec<cvq::data::Segment>> {
 }
 
 fn run(a: Args) -> Result<()> {
-    if a.output.exists() && !a.force {
-        bail!("{}: already exists (use --force to replace it)", a.output.display());
+    if a.fetch_only {
+        for p in shard_paths(&a, a.dataset.as_deref().expect("clap requires --dataset"))? {
+            println!("{}", p.display());
+        }
+        return Ok(());
+    }
+    let output = a.output.clone().expect("clap requires --output");
+    if output.exists() && !a.force {
+        bail!("{}: already exists (use --force to replace it)", output.display());
     }
     // Find an unwritable output now, not after hours of training.
-    let tmp = a.output.with_extension("tmp");
-    std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", a.output.display()))?;
+    let tmp = output.with_extension("tmp");
+    std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", output.display()))?;
     std::fs::remove_file(&tmp)?;
     let spec = ModelSpec {
         layers: a.layers,
@@ -182,9 +196,9 @@ fn run(a: Args) -> Result<()> {
         (integer - float) / float * 100.0
     );
     let bytes = weights.to_bytes()?;
-    let tmp = a.output.with_extension("tmp");
+    let tmp = output.with_extension("tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("{}: cannot write", a.output.display()))?;
-    eprintln!("wrote {} ({} bytes)", a.output.display(), bytes.len());
+    std::fs::rename(&tmp, &output).with_context(|| format!("{}: cannot write", output.display()))?;
+    eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
     Ok(())
 }

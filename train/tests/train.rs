@@ -80,6 +80,16 @@ fn offline_hub_reads_a_shard_from_the_cache() {
     let missing = hub::shards("commaai/commavq", &[1], Some(cache.path().to_path_buf()), true).unwrap_err();
     assert!(format!("{missing:#}").contains("data-0001.tar.gz is not in the cache"), "{missing:#}");
     assert_eq!(hub::parse_shards("0-1,5").unwrap(), vec![0, 1, 5]);
+
+    // The command line finds the same file for `cvq pack`.
+    let fetch = std::process::Command::new(env!("CARGO_BIN_EXE_cvq-train"))
+        .args(["--dataset", "commaai/commavq", "--shards", "0", "--fetch-only", "--cache-dir"])
+        .arg(cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    assert_eq!(String::from_utf8(fetch.stdout).unwrap().trim(), paths[0].to_str().unwrap());
 }
 
 #[test]
