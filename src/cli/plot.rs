@@ -4,8 +4,9 @@
 //! with): the scales are fixed and printed with the description.
 
 use super::files;
+use crate::code::token_bits;
 use crate::data::{read_segment_file, TOKENS_PER_FRAME};
-use crate::predict::{Model, TOTAL_BITS};
+use crate::predict::Model;
 use anyhow::{ensure, Context, Result};
 use std::io::Write;
 use std::path::Path;
@@ -34,7 +35,8 @@ type Rgb = [u8; 3];
 pub fn run(input: &Path, model: &Model, output: &Path, force: bool) -> Result<()> {
     let seg = read_segment_file(input)?;
     ensure!(seg.frames() > 0, "{}: no frames to plot", input.display());
-    let bits = token_bits(model, &seg.tokens);
+    // Each token's code length under `model`, as the coder pays it.
+    let bits = token_bits(&seg.tokens, model.batch(&[seg.tokens.len()]).get(0));
     let per_frame: Vec<f64> = bits.chunks(TOKENS_PER_FRAME).map(|f| f.iter().sum::<f64>() / f.len() as f64).collect();
     let col_px = (MIN_WIDTH / per_frame.len()).max(1);
     let image = draw(&bits, &per_frame, col_px);
@@ -53,20 +55,6 @@ pub fn run(input: &Path, model: &Model, output: &Path, force: bool) -> Result<()
     let worst: Vec<String> = order.iter().take(5).map(|&f| format!("{f} ({:.3})", per_frame[f])).collect();
     println!("most expensive frames (bits/token): {}", worst.join(", "));
     Ok(())
-}
-
-/// Each token's code length under `model`: -log2 of its probability, as the coder pays it.
-fn token_bits(model: &Model, tokens: &[u16]) -> Vec<f64> {
-    let mut batch = model.batch(&[tokens.len()]);
-    let predictor = batch.get(0);
-    tokens
-        .iter()
-        .map(|&t| {
-            let freq = predictor.interval(t).freq;
-            predictor.update(t);
-            TOTAL_BITS as f64 - (freq as f64).log2()
-        })
-        .collect()
 }
 
 fn draw(bits: &[f64], per_frame: &[f64], col_px: usize) -> Image {

@@ -70,9 +70,9 @@ pub fn decode(batch: &mut Batch, payloads: &[&[u8]], counts: &[usize]) -> Vec<Re
         .collect()
 }
 
-/// The model's ideal code length of `tokens` in bits: the sum of -log2(freq / total).
-/// For reporting only; nothing coded depends on it.
-pub fn ideal_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> f64 {
+/// The model's ideal code length of each token in bits: -log2(freq / total), what the coder
+/// pays for it to within its overhead. For reporting only; nothing coded depends on it.
+pub fn token_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> Vec<f64> {
     tokens
         .iter()
         .map(|&t| {
@@ -80,5 +80,10 @@ pub fn ideal_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> f64 {
             predictor.update(t);
             TOTAL_BITS as f64 - (freq as f64).log2()
         })
-        .sum()
+        .collect()
+}
+
+/// The model's ideal code length of `tokens` in bits.
+pub fn ideal_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> f64 {
+    token_bits(tokens, predictor).iter().sum()
 }
