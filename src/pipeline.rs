@@ -53,7 +53,7 @@ pub fn archive_model(archive: &Archive, weights: Option<&Arc<Transformer>>) -> R
     }
     match weights {
         Some(t) => bail!(
-            "archive was written by model {}..., which is neither the context mixer nor a model of the weights given ({}...)",
+            "archive was written by model {}..., which is neither the context mixer nor a model of weights {}...: pass the weights it was written with (--weights)",
             hex(&id[..8]),
             hex(&t.hash[..8])
         ),

@@ -83,7 +83,11 @@ fn other_weights_are_refused() {
     let (a, b) = (model(SMALL, 1), model(SMALL, 2));
     let bytes = compress_segments(&a, &[synthetic("x", 2, 1)]).unwrap();
     let err = format!("{:#}", decompress_segments(&bytes, b.transformer()).unwrap_err());
-    assert!(err.contains("neither the context mixer nor a model of the weights given"), "{err}");
+    assert!(
+        err.contains("neither the context mixer nor a model of weights")
+            && err.contains("pass the weights it was written with"),
+        "{err}"
+    );
     let err = format!("{:#}", decompress_segments(&bytes, None).unwrap_err());
     assert!(err.contains("pass them with --weights"), "{err}");
 }
