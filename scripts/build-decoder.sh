@@ -8,8 +8,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=x86_64-unknown-linux-gnu
-# Paths of this machine stay out of the binary, so any checkout builds the same bytes.
-export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/cvq --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo"
+# The decoder goes to this checkout's target/, whatever CARGO_TARGET_DIR says elsewhere.
+export CARGO_TARGET_DIR="$root/target"
+# Paths of this machine stay out of the binary, so any checkout builds the same bytes. The
+# flags are separated by 0x1f, so paths with spaces stay whole.
+flags=(-C target-feature=+crt-static "--remap-path-prefix=$root=/cvq" "--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo")
+CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${flags[*]}")
+export CARGO_ENCODED_RUSTFLAGS
+unset RUSTFLAGS
 cargo build --locked --quiet --profile decoder --no-default-features --bin cvq --target "$target"
 mkdir -p target/challenge
 cp "target/$target/decoder/cvq" target/challenge/cvq

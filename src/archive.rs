@@ -97,10 +97,13 @@ pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
         .map(|i| r.bytes(MAX_HEADER).with_context(|| format!("npy header {i}")))
         .collect::<Result<Vec<_>>>()?;
     let n_segments = r.count("segment count")?;
-    let mut entries = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     let mut offset = 0usize;
     for i in 0..n_segments {
         let e = r.entry(offset, headers.len()).with_context(|| format!("index entry of segment {i}"))?;
+        // Segments are restored by name: two of one name would overwrite each other.
+        ensure!(names.insert(e.name.clone()), "index entry of segment {i}: name {:?} is used twice", e.name);
         offset = e.payload.end;
         entries.push(e);
     }

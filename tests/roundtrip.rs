@@ -94,6 +94,13 @@ fn unknown_model_is_refused() {
 }
 
 #[test]
+fn archives_naming_a_segment_twice_are_refused() {
+    let coded = cvq::pipeline::encode_batch(&Model::ContextMix, &[synthetic("a", 2, 1), synthetic("a", 3, 2)]).unwrap();
+    let err = format!("{:#}", archive::parse(&archive::write(&Model::ContextMix.id(), &coded)).err().unwrap());
+    assert!(err.contains("name \"a\" is used twice"), "{err}");
+}
+
+#[test]
 fn dataset_headers_are_what_numpy_writes() {
     let Some(seg) = clip() else { return };
     assert_eq!(seg.header, Segment::int16("x", seg.tokens.clone()).header);

@@ -8,9 +8,9 @@ use crate::data::{read_segment_file, Segment, TOKENS_PER_FRAME};
 use crate::predict::transformer::Transformer;
 use crate::predict::Model;
 use anyhow::{ensure, Context, Result};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,25 +122,18 @@ fn external_pipe(tool: &str, args: &[&str], data: &[u8]) -> Result<Option<Measur
     Ok(Some(Measured { bytes: packed.len(), compress_s, decompress_s, ideal_bits: None }))
 }
 
-/// Run `tool` with `input` on stdin; its stdout, or None when it is not installed.
+/// Run `tool` with `input` on stdin; its stdout, or None when it is not installed. The input
+/// comes from a scratch file rather than a pipe, so a tool that stops reading early fails
+/// with its own error instead of a broken pipe.
 fn pipe(tool: &str, args: &[&str], input: &[u8]) -> Result<Option<Vec<u8>>> {
-    let mut child =
-        match Command::new(tool).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
-        {
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            r => r.with_context(|| format!("{tool}: cannot start"))?,
-        };
-    let mut stdin = child.stdin.take().expect("piped");
-    // Feed stdin from another thread: a tool's stdout fills its pipe long before it has read
-    // all of a large input.
-    let (written, out) = std::thread::scope(|s| {
-        let writer = s.spawn(move || stdin.write_all(input));
-        let out = child.wait_with_output();
-        (writer.join().expect("writer thread"), out)
-    });
-    let out = checked(tool, args, out)?;
-    written.with_context(|| format!("{tool}: cannot write its input"))?;
-    Ok(Some(out.stdout))
+    let dir = ScratchDir::new()?;
+    let path = dir.0.join("input");
+    std::fs::write(&path, input).with_context(|| format!("{}: cannot write", path.display()))?;
+    let stdin = std::fs::File::open(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    match Command::new(tool).args(args).stdin(stdin).output() {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        out => Ok(Some(checked(tool, args, out)?.stdout)),
+    }
 }
 
 /// The tool's output if it ran and succeeded; otherwise an error naming it, with its stderr.

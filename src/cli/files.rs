@@ -36,6 +36,14 @@ pub enum Input {
 }
 
 impl Input {
+    /// The name the segment is stored and restored under.
+    pub fn name(&self) -> String {
+        match self {
+            Input::File(p) => p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            Input::Loaded(s) => s.name.clone(),
+        }
+    }
+
     /// An upper bound on the segment's tokens without reading it: an .npy file holds at
     /// least two bytes per token.
     pub fn max_tokens(&self) -> usize {
@@ -71,10 +79,14 @@ pub fn expand_shards(paths: Vec<PathBuf>) -> Result<Vec<Input>> {
 }
 
 /// Segments are restored by name, so two inputs may not share one.
-pub fn check_unique_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+pub fn check_unique_names(names: impl Iterator<Item = String>) -> Result<()> {
     let mut seen = HashSet::new();
     for n in names {
-        ensure!(seen.insert(n), "two inputs are named {n:?}: segments are restored by file name, which must be unique");
+        ensure!(
+            !seen.contains(&n),
+            "two inputs are named {n:?}: segments are restored by file name, which must be unique"
+        );
+        seen.insert(n);
     }
     Ok(())
 }
@@ -105,10 +117,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     result.with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// Memory available to new work (Linux's MemAvailable), if the system says.
+/// Memory available to new work, if the system says: Linux's MemAvailable, or less where a
+/// cgroup (v2) limit leaves less, as in a container.
 pub fn available_memory() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
+    let system = line.split_whitespace().nth(1)?.parse::<usize>().ok()? << 10;
+    let read =
+        |f: &str| std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(f)).ok()?.trim().parse::<usize>().ok();
+    // memory.max reads "max" where there is no limit, which does not parse.
+    let cgroup = read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
+    Some(cgroup.map_or(system, |c| c.min(system)))
 }

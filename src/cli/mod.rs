@@ -255,9 +255,9 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
 /// Code the segments of `inputs` into an archive; returns it with its segment and token counts.
 fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize, usize)> {
     let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
+    files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
-    files::check_unique_names(coded.iter().map(|c| c.name.as_str()))?;
     let bytes = archive::write(&model.id(), &coded);
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));

@@ -142,8 +142,9 @@ fn run(a: Args) -> Result<()> {
     if output.exists() && !a.force {
         bail!("{}: already exists (use --force to replace it)", output.display());
     }
-    // Find an unwritable output now, not after hours of training.
-    let tmp = output.with_extension("tmp");
+    // The output is written beside itself under a name no one else uses, then renamed; try
+    // that now to find an unwritable output before hours of training, not after.
+    let tmp = output.with_extension(format!("cvq-train-{}.tmp", std::process::id()));
     std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", output.display()))?;
     std::fs::remove_file(&tmp)?;
     let spec = ModelSpec {
@@ -196,7 +197,6 @@ fn run(a: Args) -> Result<()> {
         (integer - float) / float * 100.0
     );
     let bytes = weights.to_bytes()?;
-    let tmp = output.with_extension("tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &output).with_context(|| format!("{}: cannot write", output.display()))?;
     eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
