@@ -178,7 +178,7 @@ pub fn main() -> Result<()> {
         Command::Pack { inputs, output, decoder, model, run } => with_threads(run.threads, || {
             files::check_writable(&output, run.force)?;
             let decoder = pack::read_decoder(&decoder)?;
-            let (archive, _, tokens) = build_archive(&inputs, &model.load()?)?;
+            let (archive, tokens) = build_archive(&inputs, &model.load()?)?;
             let weights = if model.predictor == Predictor::ContextMix { None } else { Some(model.weights.bytes()?) };
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
@@ -205,12 +205,13 @@ fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> +
 fn worker_pool(model: &Model, max_tokens: usize) -> Result<rayon::ThreadPool> {
     let wanted = rayon::current_num_threads();
     let per_worker = (model.batch_size() * model.memory(max_tokens)).max(1);
-    let fit = files::available_memory().map_or(wanted, |avail| (avail / 4 * 3 / per_worker).max(1));
+    let available = files::available_memory();
+    let fit = available.map_or(wanted, |avail| (avail / 4 * 3 / per_worker).max(1));
     if fit < wanted {
         eprintln!(
             "using {fit} of {wanted} threads: each needs about {} MB, and {} MB are available",
             per_worker >> 20,
-            files::available_memory().unwrap_or(0) >> 20
+            available.unwrap_or(0) >> 20
         );
     }
     Ok(rayon::ThreadPoolBuilder::new().num_threads(wanted.min(fit)).build()?)
@@ -252,8 +253,8 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
     Ok(coded.concat())
 }
 
-/// Code the segments of `inputs` into an archive; returns it with its segment and token counts.
-fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize, usize)> {
+/// Code the segments of `inputs` into an archive; returns it with its token count.
+fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize)> {
     let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
     files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
@@ -261,12 +262,12 @@ fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize, u
     let bytes = archive::write(&model.id(), &coded);
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
-    Ok((bytes, coded.len(), tokens))
+    Ok((bytes, tokens))
 }
 
 fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
     files::check_writable(output, force)?;
-    let (bytes, _, _) = build_archive(inputs, model)?;
+    let (bytes, _) = build_archive(inputs, model)?;
     files::write_atomic(output, &bytes, force)
 }
 
