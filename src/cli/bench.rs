@@ -55,7 +55,7 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: &Path, weight
         for (model, total) in models.iter().zip(&mut payload_totals) {
             let m = cvq(model, &seg.tokens).with_context(at)?;
             *total += m.bytes;
-            print_row(&seg.name, &format!("cvq {}", short_name(model)), n, Some(m));
+            print_row(&seg.name, &format!("cvq {}", model.name()), n, Some(m));
         }
         tokens += n;
     }
@@ -65,15 +65,7 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: &Path, weight
         (model, archive, weights)
     });
     let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("three models");
-    print_score(short_name(model), archive, weights, decoder)
-}
-
-fn short_name(model: &Model) -> &'static str {
-    match model {
-        Model::ContextMix => "context-mix",
-        Model::Neural(_) => "neural",
-        Model::Mixed(_) => "mixed",
-    }
+    print_score(model.name(), archive, weights, decoder)
 }
 
 fn print_row(input: &str, method: &str, tokens: usize, m: Option<Measured>) {
@@ -202,7 +194,7 @@ fn cvq(model: &Model, tokens: &[u16]) -> Result<Measured> {
     let t0 = Instant::now();
     let back = decode(&mut model.batch(&[n]), &[&payload], &[n]).remove(0)?;
     let decompress_s = t0.elapsed().as_secs_f64();
-    ensure!(back == tokens, "cvq {}: round trip mismatch", short_name(model));
+    ensure!(back == tokens, "cvq {}: round trip mismatch", model.name());
     let ideal_bits = matches!(model, Model::ContextMix).then(|| ideal_bits(tokens, model.batch(&[n]).get(0)));
     Ok(Measured { bytes: payload.len(), compress_s, decompress_s, ideal_bits })
 }

@@ -140,23 +140,36 @@ impl WeightsOpt {
         }
     }
 
-    fn load(&self) -> Result<Arc<Transformer>> {
+    /// The model of weights file `bytes`, as `bytes()` read them.
+    fn parse(&self, bytes: &[u8]) -> Result<Arc<Transformer>> {
         let what = self.weights.as_ref().map_or("built-in weights".to_string(), |p| p.display().to_string());
-        let weights = Weights::from_bytes(&self.bytes()?).with_context(|| format!("{what}: not valid cvq weights"))?;
+        let weights = Weights::from_bytes(bytes).with_context(|| format!("{what}: not valid cvq weights"))?;
         Ok(Arc::new(Transformer::new(&weights)))
+    }
+
+    fn load(&self) -> Result<Arc<Transformer>> {
+        self.parse(&self.bytes()?)
     }
 }
 
 impl ModelOpts {
-    fn load(&self) -> Result<Model> {
-        Ok(match self.predictor {
+    /// The predictor, with the weights file it was built from (none for the context mixer):
+    /// read once, so a zip never carries other weights than the archive was coded with.
+    fn load_with_bytes(&self) -> Result<(Model, Option<Cow<'static, [u8]>>)> {
+        let kind: fn(Arc<Transformer>) -> Model = match self.predictor {
             Predictor::ContextMix => {
                 ensure!(self.weights.weights.is_none(), "--predictor context-mix uses no weights: drop --weights");
-                Model::ContextMix
+                return Ok((Model::ContextMix, None));
             }
-            Predictor::Neural => Model::Neural(self.weights.load()?),
-            Predictor::Mixed => Model::Mixed(self.weights.load()?),
-        })
+            Predictor::Neural => Model::Neural,
+            Predictor::Mixed => Model::Mixed,
+        };
+        let bytes = self.weights.bytes()?;
+        Ok((kind(self.weights.parse(&bytes)?), Some(bytes)))
+    }
+
+    fn load(&self) -> Result<Model> {
+        Ok(self.load_with_bytes()?.0)
     }
 }
 
@@ -178,8 +191,8 @@ pub fn main() -> Result<()> {
         Command::Pack { inputs, output, decoder, model, run } => with_threads(run.threads, || {
             files::check_writable(&output, run.force)?;
             let decoder = pack::read_decoder(&decoder)?;
-            let (archive, tokens) = build_archive(&inputs, &model.load()?)?;
-            let weights = if model.predictor == Predictor::ContextMix { None } else { Some(model.weights.bytes()?) };
+            let (model, weights) = model.load_with_bytes()?;
+            let (archive, tokens) = build_archive(&inputs, &model)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
         Command::Decompress { archive, output, weights, run } => {
@@ -187,8 +200,8 @@ pub fn main() -> Result<()> {
         }
         Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
         Command::Bench { inputs, weights, decoder } => {
-            let size = weights.bytes()?.len();
-            bench::run(&files::collect_inputs(&inputs)?, &weights.load()?, &decoder, size)
+            let bytes = weights.bytes()?;
+            bench::run(&files::collect_inputs(&inputs)?, &weights.parse(&bytes)?, &decoder, bytes.len())
         }
         Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
     }

@@ -65,9 +65,11 @@ pub enum Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            Model::ContextMix => write!(f, "context-mix"),
-            Model::Neural(t) => write!(f, "neural {:?} (weights {})", t.spec, hex(&t.hash[..8])),
-            Model::Mixed(t) => write!(f, "mixed: context-mix + neural {:?} (weights {})", t.spec, hex(&t.hash[..8])),
+            Model::ContextMix => write!(f, "{}", self.name()),
+            Model::Neural(t) => write!(f, "{} {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8])),
+            Model::Mixed(t) => {
+                write!(f, "{}: context-mix + neural {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8]))
+            }
         }
     }
 }
@@ -85,6 +87,15 @@ impl Model {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
             Model::Neural(t) => t.hash,
             Model::Mixed(t) => Sha256::new().chain_update(MIXED_ID).chain_update(t.hash).finalize().into(),
+        }
+    }
+
+    /// The predictor's short name, as `--predictor` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Model::ContextMix => "context-mix",
+            Model::Neural(_) => "neural",
+            Model::Mixed(_) => "mixed",
         }
     }
 
