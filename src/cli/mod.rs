@@ -4,6 +4,7 @@ mod bench;
 mod files;
 mod pack;
 mod plot;
+mod synth;
 
 use crate::archive::{self, CodedSegment};
 use crate::data::TOKENS_PER_FRAME;
@@ -103,6 +104,30 @@ enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+    },
+    /// Sample segments from the neural model (with the coder's own integer tables, so a seed
+    /// gives the same segments anywhere) and record each one's exact information content: a
+    /// data set of known entropy for checking a trainer.
+    Synth {
+        #[command(flatten)]
+        weights: WeightsOpt,
+        /// How many segments.
+        #[arg(long, default_value_t = 8)]
+        segments: usize,
+        /// Frames per segment.
+        #[arg(long, default_value_t = 1200)]
+        frames: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory for the segments (dataset-style names without extension; created if missing).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// JSON manifest to write, outside the directory: each segment's name and information
+        /// content in bits (the sum of -log2 p of its sampled tokens).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        run: RunOpts,
     },
 }
 
@@ -204,6 +229,11 @@ pub fn main() -> Result<()> {
             bench::run(&files::collect_inputs(&inputs)?, &weights.parse(&bytes)?, &decoder, bytes.len())
         }
         Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
+        Command::Synth { weights, segments, frames, seed, output, manifest, run } => with_threads(run.threads, || {
+            let plan =
+                synth::Plan { segments, frames, seed, dir: &output, manifest: manifest.as_deref(), force: run.force };
+            synth::run(&weights.load()?, &plan)
+        }),
     }
 }
 

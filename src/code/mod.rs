@@ -70,6 +70,11 @@ pub fn decode(batch: &mut Batch, payloads: &[&[u8]], counts: &[usize]) -> Vec<Re
         .collect()
 }
 
+/// -log2(freq / TOTAL): the bits a token of table frequency `freq` carries.
+fn cost(freq: u32) -> f64 {
+    TOTAL_BITS as f64 - f64::from(freq).log2()
+}
+
 /// The model's ideal code length of each token in bits: -log2(freq / total), what the coder
 /// pays for it to within its overhead. For reporting only; nothing coded depends on it.
 pub fn token_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> Vec<f64> {
@@ -78,7 +83,7 @@ pub fn token_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> Vec<f64> {
         .map(|&t| {
             let Interval { freq, .. } = predictor.interval(t);
             predictor.update(t);
-            TOTAL_BITS as f64 - (freq as f64).log2()
+            cost(freq)
         })
         .collect()
 }
@@ -86,4 +91,26 @@ pub fn token_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> Vec<f64> {
 /// The model's ideal code length of `tokens` in bits.
 pub fn ideal_bits(tokens: &[u16], predictor: &mut dyn Predictor) -> f64 {
     token_bits(tokens, predictor).iter().sum()
+}
+
+/// Draw `count` tokens for each of `rngs.len()` segments from their fresh predictors in
+/// `batch`, in lockstep. Each token comes from the coder's own integer table: a uniform target
+/// in `[0, TOTAL)` from the segment's random source picks the token whose interval holds it,
+/// exactly as a decoder would read it from random payload bytes, so a seed gives the same
+/// tokens on every machine. Returns each segment's tokens and their information content in
+/// bits (the sum of -log2 p of the sampled tokens).
+pub fn sample(batch: &mut Batch, count: usize, rngs: &mut [impl FnMut() -> u64]) -> Vec<(Vec<u16>, f64)> {
+    let all: Vec<usize> = (0..rngs.len()).collect();
+    let mut out: Vec<(Vec<u16>, f64)> = rngs.iter().map(|_| (Vec::with_capacity(count), 0.0)).collect();
+    for _ in 0..count {
+        batch.prepare(&all);
+        for (i, (rng, (tokens, bits))) in rngs.iter_mut().zip(&mut out).enumerate() {
+            let pred = batch.get(i);
+            let (t, Interval { freq, .. }) = pred.find((rng() >> (64 - TOTAL_BITS)) as u32);
+            pred.update(t);
+            tokens.push(t);
+            *bits += cost(freq);
+        }
+    }
+    out
 }
