@@ -1,77 +1,29 @@
-//! Training data: segments from local .npy files or dataset shards, a split by segment, and
-//! batches of windows of whole frames.
+//! Training data: windows of whole frames cut from segments, and the inputs, targets and loss
+//! mask of a batch of them. Where windows come from is `stream.rs`.
 
 use crate::model::Batch;
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
-use cvq::data::{read_segment_file, Segment, TOKENS_PER_FRAME};
+use cvq::data::{Segment, TOKENS_PER_FRAME};
 use cvq::model::spec::BOS;
-use std::path::{Path, PathBuf};
-
-/// Every .npy segment in `dir` (not recursive), in name order.
-pub fn load_dir(dir: &Path) -> Result<Vec<Segment>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list the data directory", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    paths.retain(|p| p.is_file());
-    paths.sort();
-    ensure!(!paths.is_empty(), "{}: no segment files", dir.display());
-    paths.iter().map(|p| read_segment_file(p)).collect()
-}
-
-/// Every segment of the given shards, in order.
-pub fn load_shards(shards: &[PathBuf]) -> Result<Vec<Segment>> {
-    let mut out = vec![];
-    for s in shards {
-        cvq::data::shard::read_shard(s, |seg| {
-            out.push(seg);
-            Ok(())
-        })?;
-    }
-    Ok(out)
-}
-
-/// Training and validation segments.
-pub struct Split {
-    pub train: Vec<Segment>,
-    pub val: Vec<Segment>,
-}
-
-/// Hold out the segments named in `holdout`, or else the last `val_segments` segments.
-pub fn split_by_segment(mut segments: Vec<Segment>, holdout: &[String], val_segments: usize) -> Result<Split> {
-    let val: Vec<Segment> = if holdout.is_empty() {
-        ensure!(
-            val_segments < segments.len(),
-            "{val_segments} validation segments leave none of {} to train on",
-            segments.len()
-        );
-        segments.split_off(segments.len() - val_segments)
-    } else {
-        let (val, train): (Vec<_>, Vec<_>) = segments.into_iter().partition(|s| holdout.contains(&s.name));
-        ensure!(val.len() == holdout.len(), "only {} of the {} held-out segments were found", val.len(), holdout.len());
-        segments = train;
-        val
-    };
-    ensure!(!segments.is_empty(), "no training segments left");
-    Ok(Split { train: segments, val })
-}
 
 /// For single-clip experiments: frames before `frame` train, the rest validate (the rest
 /// becomes its own segment, coded from its first frame).
-pub fn split_by_frame(segments: Vec<Segment>, frame: usize) -> Result<Split> {
-    let mut split = Split { train: vec![], val: vec![] };
+pub fn split_by_frame(segments: Vec<Segment>, frame: usize) -> Result<(Vec<Segment>, Vec<Segment>)> {
+    let (mut train, mut val) = (vec![], vec![]);
     for s in segments {
         ensure!(frame > 0 && frame < s.frames(), "{}: cannot split {} frames at frame {frame}", s.name, s.frames());
         let cut = frame * TOKENS_PER_FRAME;
-        split.train.push(Segment::int16(&format!("{}[..{frame}]", s.name), s.tokens[..cut].to_vec()));
-        split.val.push(Segment::int16(&format!("{}[{frame}..]", s.name), s.tokens[cut..].to_vec()));
+        train.push(Segment::int16(&format!("{}[..{frame}]", s.name), s.tokens[..cut].to_vec()));
+        val.push(Segment::int16(&format!("{}[{frame}..]", s.name), s.tokens[cut..].to_vec()));
     }
-    Ok(split)
+    Ok((train, val))
 }
 
-/// Deterministic random numbers (xorshift64*), so a seed gives the same run anywhere.
-pub struct Rng(u64);
+/// Deterministic random numbers (xorshift64*), so a seed gives the same run anywhere. Its
+/// state is one number, which checkpoints keep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rng(pub u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
@@ -96,77 +48,123 @@ impl Rng {
     }
 }
 
-/// A window: frames `start..start + frames` of a segment, scored from frame `score_from` of
-/// the window on (the frames before it are context only).
-#[derive(Clone, Copy)]
-pub struct Window<'a> {
-    pub tokens: &'a [u16],
-    pub start: usize,
+/// A window of whole frames copied out of a segment, scored from frame `score_from` of the
+/// window on (the frames before it are context only). A window that does not start its
+/// segment also carries the frame before it (`lead`): that frame's tokens are the first
+/// frame's same-position inputs, as in inference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    pub tokens: Vec<u16>,
+    pub lead: bool,
     pub score_from: usize,
 }
 
-impl<'a> Window<'a> {
-    /// Scored from the first frame that has its full K-frame context inside the window, or
-    /// from frame 0 for a window that starts the segment (no earlier context in inference).
-    pub fn new(tokens: &'a [u16], start: usize, context: usize) -> Window<'a> {
-        Window { tokens, start, score_from: if start == 0 { 0 } else { context } }
+impl Window {
+    pub fn cut(tokens: &[u16], start: usize, frames: usize, score_from: usize) -> Window {
+        let from = start.saturating_sub(1) * TOKENS_PER_FRAME;
+        Window { tokens: tokens[from..(start + frames) * TOKENS_PER_FRAME].to_vec(), lead: start > 0, score_from }
+    }
+
+    /// Tokens scored.
+    pub fn scored(&self) -> usize {
+        self.tokens.len() - (usize::from(self.lead) + self.score_from) * TOKENS_PER_FRAME
     }
 }
 
-/// Inputs, targets and loss mask for windows of `frames` frames.
-pub fn batch(windows: &[Window], frames: usize, device: &Device) -> Result<Batch> {
-    let n = frames * TOKENS_PER_FRAME;
-    let (mut prev, mut same, mut targets, mut mask) = (vec![], vec![], vec![], vec![]);
-    for w in windows {
-        for i in 0..n {
-            let p = w.start * TOKENS_PER_FRAME + i;
-            prev.push(if p > 0 { u32::from(w.tokens[p - 1]) } else { BOS as u32 });
-            same.push(if p >= TOKENS_PER_FRAME { u32::from(w.tokens[p - TOKENS_PER_FRAME]) } else { BOS as u32 });
-            targets.push(u32::from(w.tokens[p]));
-            mask.push(if i / TOKENS_PER_FRAME >= w.score_from { 1f32 } else { 0.0 });
-        }
+/// Windows of `frames` frames over a segment of `tokens` such that every frame is scored,
+/// each with its K = `context` frames of context: the first window starts the segment and
+/// scores all its frames but the last `phase`; each later one scores `frames - context`
+/// frames (the last one fewer, where the segment ends). `phase` (below `frames - context`)
+/// shifts where windows fall, so epochs see different cuts. Empty for a segment shorter than
+/// a window.
+pub fn tile(tokens: &[u16], frames: usize, context: usize, phase: usize) -> Vec<Window> {
+    let total = tokens.len() / TOKENS_PER_FRAME;
+    if total < frames {
+        return vec![];
     }
-    let b = windows.len();
-    let pos: Vec<u32> = (0..n).map(|i| (i % TOKENS_PER_FRAME) as u32).collect();
-    Ok(Batch {
-        prev: Tensor::from_vec(prev, (b, n), device)?,
-        same: Tensor::from_vec(same, (b, n), device)?,
-        pos: Tensor::from_vec(pos, n, device)?,
-        targets: Tensor::from_vec(targets, (b, n), device)?,
-        mask: Tensor::from_vec(mask, (b, n), device)?,
-        frames,
-    })
-}
-
-/// Random training windows (segments shorter than a window are skipped).
-pub fn sample<'a>(
-    segments: &'a [Segment],
-    frames: usize,
-    context: usize,
-    count: usize,
-    rng: &mut Rng,
-) -> Vec<Window<'a>> {
-    let usable: Vec<&Segment> = segments.iter().filter(|s| s.frames() >= frames).collect();
-    (0..count)
-        .map(|_| {
-            let s = usable[rng.below(usable.len())];
-            Window::new(&s.tokens, rng.below(s.frames() - frames + 1), context)
-        })
-        .collect()
-}
-
-/// Validation windows tiling each segment so that every frame is scored exactly once, each
-/// with its K-frame context (the segment's first window from its first frame).
-pub fn tiles(segments: &[Segment], frames: usize, context: usize) -> Vec<Window<'_>> {
-    let mut out = vec![];
-    for s in segments.iter().filter(|s| s.frames() >= frames) {
-        out.push(Window::new(&s.tokens, 0, context));
-        let mut scored = frames;
-        while scored < s.frames() {
-            let start = (scored - context).min(s.frames() - frames);
-            out.push(Window { tokens: &s.tokens, start, score_from: scored - start });
-            scored = start + frames;
-        }
+    let mut out = vec![Window::cut(tokens, 0, frames, 0)];
+    let mut scored = frames - phase;
+    while scored < total {
+        let start = (scored - context).min(total - frames);
+        out.push(Window::cut(tokens, start, frames, scored - start));
+        scored = start + frames;
     }
     out
+}
+
+/// A batch's inputs prepared on the CPU (in the loader's thread, while the device works).
+pub struct HostBatch {
+    prev: Vec<u32>,
+    same: Vec<u32>,
+    targets: Vec<u32>,
+    mask: Vec<f32>,
+    windows: usize,
+    frames: usize,
+    /// Tokens scored.
+    pub scored: usize,
+}
+
+impl HostBatch {
+    /// Inputs, targets and loss mask of windows of `frames` frames.
+    pub fn new(windows: &[Window], frames: usize) -> HostBatch {
+        let n = frames * TOKENS_PER_FRAME;
+        let mut b = HostBatch {
+            prev: Vec::with_capacity(n * windows.len()),
+            same: Vec::with_capacity(n * windows.len()),
+            targets: Vec::with_capacity(n * windows.len()),
+            mask: Vec::with_capacity(n * windows.len()),
+            windows: windows.len(),
+            frames,
+            scored: windows.iter().map(Window::scored).sum(),
+        };
+        for w in windows {
+            debug_assert_eq!(w.tokens.len(), (frames + usize::from(w.lead)) * TOKENS_PER_FRAME);
+            let first = if w.lead { TOKENS_PER_FRAME } else { 0 };
+            for i in 0..n {
+                let p = first + i;
+                b.prev.push(if p > 0 { u32::from(w.tokens[p - 1]) } else { BOS as u32 });
+                b.same.push(if p >= TOKENS_PER_FRAME { u32::from(w.tokens[p - TOKENS_PER_FRAME]) } else { BOS as u32 });
+                b.targets.push(u32::from(w.tokens[p]));
+                b.mask.push(if i / TOKENS_PER_FRAME >= w.score_from { 1.0 } else { 0.0 });
+            }
+        }
+        b
+    }
+
+    pub fn to_device(&self, device: &Device) -> Result<Batch> {
+        let (b, n) = (self.windows, self.frames * TOKENS_PER_FRAME);
+        let pos: Vec<u32> = (0..n).map(|i| (i % TOKENS_PER_FRAME) as u32).collect();
+        Ok(Batch {
+            prev: Tensor::from_slice(&self.prev, (b, n), device)?,
+            same: Tensor::from_slice(&self.same, (b, n), device)?,
+            pos: Tensor::from_vec(pos, n, device)?,
+            targets: Tensor::from_slice(&self.targets, (b, n), device)?,
+            mask: Tensor::from_slice(&self.mask, (b, n), device)?,
+            frames: self.frames,
+            scored: self.scored,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_score_every_frame_with_its_context() {
+        let tokens: Vec<u16> = (0..30 * TOKENS_PER_FRAME).map(|i| (i / TOKENS_PER_FRAME) as u16).collect();
+        for phase in 0..4 {
+            let mut scored = vec![0; 30];
+            for w in tile(&tokens, 6, 2, phase) {
+                let first = usize::from(w.tokens[0]) + usize::from(w.lead);
+                assert!(w.score_from == 0 || w.score_from >= 2, "context before the scored frames");
+                (first + w.score_from..first + 6).for_each(|f| scored[f] += 1);
+                if w.lead {
+                    assert_eq!(usize::from(w.tokens[0]) + 1, first, "the lead frame precedes the window");
+                }
+            }
+            assert!(scored.iter().all(|&s| s >= 1), "phase {phase}: {scored:?}");
+        }
+        assert!(tile(&tokens[..5 * TOKENS_PER_FRAME], 6, 2, 0).is_empty());
+    }
 }

@@ -1,17 +1,23 @@
 //! `cvq-train`: train cvq's neural predictor and export its int8 weights.
 //!
-//!     cvq-train --dataset commaai/commavq --shards 0-1 -o weights.safetensors
+//!     cvq-train --dataset commaai/commavq --shards 0-1 --preset challenge --cuda -o weights.safetensors
 //!     cvq-train --data clip.npy --val-from-frame 900 -o weights.safetensors
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use cvq::model::ModelSpec;
 use cvq::predict::{transformer::Transformer, Neural};
-use cvq_train::{data, export, hub, model::Gpt, train};
-use std::path::PathBuf;
+use cvq_train::checkpoint::{self, Data, State};
+use cvq_train::stream::{self, Source, Stream};
+use cvq_train::train::{self, End};
+use cvq_train::{data, export, hub, model::Gpt, optim::AdamW};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "cvq-train", version, about = "Train cvq's neural predictor and export int8 weights")]
@@ -35,45 +41,59 @@ struct Args {
     /// paths, one a line: `cvq pack $(cvq-train --dataset commaai/commavq --shards 0-1 --fetch-only)`.
     #[arg(long, requires = "dataset")]
     fetch_only: bool,
-    /// Replace an existing output file.
+    /// Replace an existing output file, or start over where a checkpoint exists.
     #[arg(long)]
     force: bool,
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
-    #[arg(long, default_value_t = 128)]
-    width: usize,
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
+    /// Model and schedule: `tiny` (a smoke test), `default` (the built-in model's shape), or
+    /// `challenge` (the model recommended for the 5,000-segment challenge, for one GPU).
+    /// Flags given explicitly override the preset's values.
+    #[arg(long, value_enum, default_value_t = Preset::Default)]
+    preset: Preset,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
     /// Previous frames attended to (K).
-    #[arg(long, default_value_t = 2)]
-    context_frames: usize,
-    #[arg(long, default_value_t = 512)]
-    mlp_width: usize,
+    #[arg(long)]
+    context_frames: Option<usize>,
+    #[arg(long)]
+    mlp_width: Option<usize>,
     /// Float training steps.
-    #[arg(long, default_value_t = 1000)]
-    steps: usize,
+    #[arg(long)]
+    steps: Option<usize>,
     /// Quantization-aware steps after the float ones (int8 fake quantization).
-    #[arg(long, default_value_t = 100)]
-    qat_steps: usize,
-    /// Windows per step.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    #[arg(long)]
+    qat_steps: Option<usize>,
+    /// Windows per batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batches whose gradients add up to one step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
     /// Frames scored per window (each window also holds the K context frames).
-    #[arg(long, default_value_t = 2)]
-    frames: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 50)]
-    warmup: usize,
-    #[arg(long, default_value_t = 0.01)]
-    weight_decay: f64,
+    #[arg(long)]
+    frames: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Gradient clipping: largest global gradient norm.
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Windows the shuffle buffer holds (memory: about this many x window size).
+    #[arg(long, default_value_t = 4096)]
+    shuffle_buffer: usize,
     #[arg(long, default_value_t = 100)]
     eval_every: usize,
+    /// Steps between progress updates (each reads the loss back from the device).
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
     /// Validation: hold out the last N segments...
     #[arg(long, default_value_t = 1)]
     val_segments: usize,
@@ -83,15 +103,106 @@ struct Args {
     /// ...or, for single-clip experiments, every segment's frames from this one on.
     #[arg(long)]
     val_from_frame: Option<usize>,
-    /// Directory for checkpoints, written at each validation.
+    /// Checkpoint directory, written at each validation, at --stop-at and on Ctrl-C
+    /// [default: the output's path with extension `.checkpoint`].
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Continue from the checkpoint in --checkpoint.
-    #[arg(long, requires = "checkpoint")]
+    /// Continue exactly where the checkpoint left off (same data and settings).
+    #[arg(long)]
     resume: bool,
+    /// End after this many steps with a checkpoint (for time-limited jobs); resume with --resume.
+    #[arg(long)]
+    stop_at: Option<usize>,
     /// Train on the first CUDA GPU (needs a build with `--features cuda`).
     #[arg(long)]
     cuda: bool,
+    /// Type of the matrix products: bf16 on CUDA, f32 on the CPU by default (master weights,
+    /// norms, softmax and the loss stay f32).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Preset {
+    Tiny,
+    Default,
+    Challenge,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    F32,
+    Bf16,
+}
+
+/// A preset's model and schedule.
+struct Recipe {
+    spec: ModelSpec,
+    steps: usize,
+    qat_steps: usize,
+    batch: usize,
+    frames: usize,
+    lr: f64,
+    warmup: usize,
+    weight_decay: f64,
+}
+
+fn recipe(p: Preset) -> Recipe {
+    let spec =
+        |layers, width, heads, context_frames, mlp_width| ModelSpec { layers, width, heads, context_frames, mlp_width };
+    match p {
+        Preset::Tiny => Recipe {
+            spec: spec(1, 32, 2, 1, 64),
+            steps: 200,
+            qat_steps: 20,
+            batch: 8,
+            frames: 2,
+            lr: 1e-2,
+            warmup: 20,
+            weight_decay: 0.01,
+        },
+        // The built-in model's shape and its recipe (weights/README.md), longer.
+        Preset::Default => Recipe {
+            spec: spec(2, 128, 4, 2, 512),
+            steps: 5_000,
+            qat_steps: 200,
+            batch: 8,
+            frames: 4,
+            lr: 2e-3,
+            warmup: 100,
+            weight_decay: 0.1,
+        },
+        // About one epoch of the challenge's 768M tokens: 64 windows x 4 scored frames x 128
+        // tokens = 32,768 tokens a step, 23,000 float steps and 1,000 int8 ones (README).
+        Preset::Challenge => Recipe {
+            spec: spec(6, 256, 8, 4, 1024),
+            steps: 23_000,
+            qat_steps: 1_000,
+            batch: 64,
+            frames: 4,
+            lr: 1.5e-3,
+            warmup: 500,
+            weight_decay: 0.1,
+        },
+    }
+}
+
+/// Set by SIGINT/SIGTERM; the loop ends at the next step with a checkpoint. A second signal
+/// ends the process at once.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if INTERRUPT.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and calls _exit.
+        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
 }
 
 fn main() {
@@ -115,20 +226,35 @@ fn shard_paths(a: &Args, dataset: &str) -> Result<Vec<PathBuf>> {
     hub::shards(dataset, &hub::parse_shards(&a.shards)?, a.cache_dir.clone(), hub::offline_from_env())
 }
 
-fn load_segments(a: &Args) -> Result<Vec<cvq::data::Segment>> {
-    if let Some(dataset) = &a.dataset {
-        return data::load_shards(&shard_paths(a, dataset)?);
+/// Training sources and the validation segments (the only ones held in memory).
+fn sources(a: &Args) -> Result<(Vec<Source>, Vec<cvq::data::Segment>)> {
+    let shards = match &a.dataset {
+        Some(d) => shard_paths(a, d)?,
+        None => vec![],
+    };
+    ensure!(!shards.is_empty() || !a.data.is_empty(), "give --dataset NAME or --data PATH...");
+    let all = stream::sources(&shards, &a.data)?;
+    if let Some(f) = a.val_from_frame {
+        let (train, val) = data::split_by_frame(stream::load_all(&all)?, f)?;
+        return Ok((train.into_iter().map(|s| Source::Memory(Arc::new(s))).collect(), val));
     }
-    ensure!(!a.data.is_empty(), "give --dataset NAME or --data PATH...");
-    let mut segments = vec![];
-    for p in &a.data {
-        if p.is_dir() {
-            segments.extend(data::load_dir(p)?);
-        } else {
-            segments.push(cvq::data::read_segment_file(p)?);
-        }
+    let val = stream::hold_out(&all, &a.holdout, a.val_segments)?;
+    Ok((all, val))
+}
+
+/// Fail now, not after hours of training, if the output cannot be written.
+fn check_output(output: &Path, force: bool) -> Result<()> {
+    if output.exists() && !force {
+        bail!("{}: already exists (use --force to replace it)", output.display());
     }
-    Ok(segments)
+    let tmp = temp_path(output);
+    std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", output.display()))?;
+    Ok(std::fs::remove_file(&tmp)?)
+}
+
+/// The output is written beside itself under a name no one else uses, then renamed.
+fn temp_path(output: &Path) -> PathBuf {
+    output.with_extension(format!("cvq-train-{}.tmp", std::process::id()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -139,66 +265,109 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let output = a.output.clone().expect("clap requires --output");
-    if output.exists() && !a.force {
-        bail!("{}: already exists (use --force to replace it)", output.display());
-    }
-    // The output is written beside itself under a name no one else uses, then renamed; try
-    // that now to find an unwritable output before hours of training, not after.
-    let tmp = output.with_extension(format!("cvq-train-{}.tmp", std::process::id()));
-    std::fs::write(&tmp, b"").with_context(|| format!("{}: cannot write the output here", output.display()))?;
-    std::fs::remove_file(&tmp)?;
+    check_output(&output, a.force)?;
+    let ckpt_dir = a.checkpoint.clone().unwrap_or_else(|| output.with_extension("checkpoint"));
+    let has_checkpoint = checkpoint::path(&ckpt_dir).exists();
+    ensure!(
+        a.resume || !has_checkpoint || a.force,
+        "{}: holds a checkpoint: --resume to continue it, --force to start over",
+        ckpt_dir.display()
+    );
+    ensure!(!a.resume || has_checkpoint, "{}: no checkpoint to resume", checkpoint::path(&ckpt_dir).display());
+
+    let r = recipe(a.preset);
     let spec = ModelSpec {
-        layers: a.layers,
-        width: a.width,
-        heads: a.heads,
-        context_frames: a.context_frames,
-        mlp_width: a.mlp_width,
+        layers: a.layers.unwrap_or(r.spec.layers),
+        width: a.width.unwrap_or(r.spec.width),
+        heads: a.heads.unwrap_or(r.spec.heads),
+        context_frames: a.context_frames.unwrap_or(r.spec.context_frames),
+        mlp_width: a.mlp_width.unwrap_or(r.spec.mlp_width),
     };
     spec.validate()?;
     let device = device(a.cuda)?;
-    let segments = load_segments(&a)?;
-    let split = match a.val_from_frame {
-        Some(f) => data::split_by_frame(segments, f)?,
-        None => data::split_by_segment(segments, &a.holdout, a.val_segments)?,
+    let dtype = match a.precision {
+        Some(Precision::Bf16) => DType::BF16,
+        Some(Precision::F32) => DType::F32,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
     };
-    eprintln!(
-        "{} training and {} validation segments; model {spec:?}; device {device:?}",
-        split.train.len(),
-        split.val.len()
-    );
-    let mut vm = VarMap::new();
-    let model = Gpt::new(spec, &vm, &device, a.seed)?;
-    let first_step = if a.resume { train::load_checkpoint(&mut vm, a.checkpoint.as_ref().unwrap())? } else { 0 };
     let config = train::Config {
-        steps: a.steps,
-        qat_steps: a.qat_steps,
-        batch: a.batch,
-        frames: a.frames,
-        lr: a.lr,
-        warmup: a.warmup,
-        weight_decay: a.weight_decay,
+        steps: a.steps.unwrap_or(r.steps),
+        qat_steps: a.qat_steps.unwrap_or(r.qat_steps),
+        accum: a.accum.max(1),
+        lr: a.lr.unwrap_or(r.lr),
+        warmup: a.warmup.unwrap_or(r.warmup),
         clip: a.clip,
-        seed: a.seed,
         eval_every: a.eval_every.max(1),
-        checkpoint: a.checkpoint.clone(),
+        log_every: a.log_every.max(1),
+        checkpoint: Some(ckpt_dir.clone()),
+        stop_at: a.stop_at,
+        dtype,
     };
-    train::run(&model, &vm, &split, &config, first_step, &device)?;
-    let float = train::validate(&model, &split, a.frames, a.batch, false, &device)?;
+    let (frames, batch) = (a.frames.unwrap_or(r.frames), a.batch.unwrap_or(r.batch));
+    let (train_sources, val) = sources(&a)?;
+    let skip: HashSet<String> = val.iter().map(|s| s.name.clone()).collect();
+    let sources_count = train_sources.len();
+    let window = spec.context_frames + frames;
+    let stream = Stream::new(train_sources, skip, a.seed, window, spec.context_frames, batch, a.shuffle_buffer);
+
+    let vm = VarMap::new();
+    let model = Gpt::new(spec, &vm, &device, a.seed)?;
+    let mut state =
+        State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), a.weight_decay.unwrap_or(r.weight_decay))? };
+    let mut data = Data { stream, queued: vec![] };
+    if a.resume {
+        checkpoint::load(&ckpt_dir, &spec, &mut state, &mut data)?;
+    }
+    let params: usize = state.opt.vars.iter().map(|(_, v)| v.elem_count()).sum();
+    eprintln!(
+        "model {spec:?}: {params} parameters; {sources_count} training sources, {} validation segments; {:?} on {device:?}; {} steps of {} tokens{}",
+        val.len(),
+        dtype,
+        config.total(),
+        batch * config.accum * frames * cvq::data::TOKENS_PER_FRAME,
+        if a.resume { format!(", resuming at step {}", state.step) } else { String::new() }
+    );
+    catch_signals();
+    let started = Instant::now();
+    let tokens_before = state.tokens;
+    let (_, end) = train::run(&model, &mut state, data, &val, &config, &INTERRUPT)?;
+    if end != End::Finished {
+        eprintln!(
+            "{} at step {}: checkpoint in {}; continue with the same command and --resume",
+            if end == End::Stopped { "stopped" } else { "interrupted" },
+            state.step,
+            ckpt_dir.display()
+        );
+        if end == End::Interrupted {
+            std::process::exit(130);
+        }
+        return Ok(());
+    }
+    let float = train::validate(&model, &val, window, batch, false, DType::F32)?;
     let weights = export::export(&model)?;
     let t = Arc::new(Transformer::new(&weights));
     let (mut bits, mut tokens) = (0.0, 0usize);
-    for seg in &split.val {
+    for seg in &val {
         bits += cvq::code::ideal_bits(&seg.tokens, &mut Neural::new(Arc::clone(&t), seg.tokens.len()));
         tokens += seg.tokens.len();
     }
     let integer = bits / tokens as f64;
-    eprintln!(
-        "validation: float {float:.4} bits/token, integer (int8 weights, coding path) {integer:.4} bits/token, gap {:+.2}%",
-        (integer - float) / float * 100.0
-    );
     let bytes = weights.to_bytes()?;
+    let tmp = temp_path(&output);
     std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, &output).with_context(|| format!("{}: cannot write", output.display()))?;
-    eprintln!("wrote {} ({} bytes)", output.display(), bytes.len());
+    let secs = started.elapsed().as_secs_f64();
+    let seen = state.tokens - tokens_before;
+    eprintln!(
+        "trained {} steps, {} tokens ({seen} in this run, {:.1} min, {:.0} tokens/s); validation float {float:.4} bits/token, int8 {integer:.4} (gap {:+.2}%); wrote {} ({} bytes)",
+        state.step,
+        state.tokens,
+        secs / 60.0,
+        seen as f64 / secs,
+        (integer - float) / float * 100.0,
+        output.display(),
+        bytes.len()
+    );
     Ok(())
 }

@@ -80,6 +80,8 @@ pub struct Batch {
     pub mask: Tensor,
     /// Frames per window.
     pub frames: usize,
+    /// Tokens scored (the mask's sum, known on the host).
+    pub scored: usize,
 }
 
 fn rms_norm(x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -137,14 +139,19 @@ impl Gpt {
         Ok((Tensor::from_vec(mask, (n, n), device)?, Tensor::from_vec(offsets, (n, n), device)?))
     }
 
-    /// Logits `[B, N, 1024]`.
-    pub fn forward(&self, b: &Batch, fake_quant: bool) -> Result<Tensor> {
+    /// Logits `[B, N, 1024]` (f32). Matrix products run in `dtype` (bf16 on a GPU: tensor
+    /// cores), everything else in f32: the residual stream, norms, softmax and the loss.
+    pub fn forward(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
         let s = &self.spec;
         let (bsz, n) = b.prev.dims2()?;
         let (d, heads, hd) = (s.width, s.heads, s.head_dim());
         let embed =
             |m: &Matrix, ids: &Tensor| -> Result<Tensor> { m.weights(fake_quant)?.embedding(&ids.flatten_all()?) };
         let tok_same = self.tok_same.weights(fake_quant)?;
+        // x @ w^T in the compute type, back in f32.
+        let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            x.to_dtype(dtype)?.broadcast_matmul(&w.to_dtype(dtype)?.t()?)?.to_dtype(DType::F32)
+        };
         let mut x =
             (embed(&self.tok_prev, &b.prev)? + tok_same.embedding(&b.same.flatten_all()?)?)?.reshape((bsz, n, d))?;
         x = x.broadcast_add(&embed(&self.pos, &b.pos)?.reshape((1, n, d))?)?;
@@ -152,33 +159,38 @@ impl Gpt {
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
             let h = rms_norm(&x, &layer.norm1)?;
-            let qkv = h.broadcast_matmul(&layer.qkv.weights(fake_quant)?.t()?)?; // [B, N, 3d]
+            let qkv = h.to_dtype(dtype)?.broadcast_matmul(&layer.qkv.weights(fake_quant)?.to_dtype(dtype)?.t()?)?; // [B, N, 3d]
             let split = |i: usize| -> Result<Tensor> {
                 qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
             };
             let (q, k, v) = (split(0)?, split(1)?, split(2)?);
             // Frame-offset bias per head: [heads, N, N].
             let bias = layer.frame_bias.index_select(&offsets.flatten_all()?, 1)?.reshape((heads, n, n))?;
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&bias)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
             let y = att.matmul(&v)?.transpose(1, 2)?.reshape((bsz, n, d))?;
-            x = (x + y.broadcast_matmul(&layer.out.weights(fake_quant)?.t()?)?)?;
+            x = (x + mm(&y, &layer.out.weights(fake_quant)?)?)?;
             let h = rms_norm(&x, &layer.norm2)?;
-            let h = h.broadcast_matmul(&layer.up.weights(fake_quant)?.t()?)?.gelu()?;
-            x = (x + h.broadcast_matmul(&layer.down.weights(fake_quant)?.t()?)?)?;
+            let h = mm(&h, &layer.up.weights(fake_quant)?)?.gelu()?;
+            x = (x + mm(&h, &layer.down.weights(fake_quant)?)?)?;
         }
         let h = rms_norm(&x, &self.norm_out)?;
-        let head = tok_same.narrow(0, 0, VOCAB)?;
-        h.broadcast_matmul(&head.t()?)?.broadcast_add(&self.head_bias)
+        mm(&h, &tok_same.narrow(0, 0, VOCAB)?)?.broadcast_add(&self.head_bias)
     }
 
-    /// Mean cross-entropy in nats over the masked positions, and their count.
-    pub fn loss(&self, b: &Batch, fake_quant: bool) -> Result<(Tensor, f64)> {
-        let logits = self.forward(b, fake_quant)?;
+    /// Mean cross-entropy in nats over the scored positions (a scalar on the device).
+    pub fn loss(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
+        let logits = self.forward(b, fake_quant, dtype)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let picked = logp.gather(&b.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
-        let count = b.mask.sum_all()?.to_scalar::<f32>()? as f64;
         let total = (picked * &b.mask)?.sum_all()?;
-        Ok(((total.neg()? / count.max(1.0))?, count))
+        total.neg()? / b.scored.max(1) as f64
+    }
+
+    /// The parameters by name, in name order (the optimizer's and the checkpoint's order).
+    pub fn vars(vm: &VarMap) -> Vec<(String, candle_core::Var)> {
+        let mut vars: Vec<_> = vm.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
     }
 }

@@ -1,14 +1,19 @@
-//! The training loop: AdamW, linear warmup then cosine decay, gradient clipping by global
-//! norm, periodic validation in bits/token, checkpoints; the last `qat_steps` steps train
-//! through int8 fake quantization so the exported integer model loses little.
+//! The training loop: AdamW with linear warmup then cosine decay and gradient clipping,
+//! gradient accumulation, periodic validation in bits/token, checkpoints; the last
+//! `qat_steps` steps train through int8 fake quantization so the exported integer model
+//! loses little. Batches come from the stream's loader thread; the loop asks the device for a
+//! number only when it logs or validates.
 
-use crate::data::{batch, sample, tiles, Rng, Split};
+use crate::checkpoint::{self, Data, State};
+use crate::data::{tile, HostBatch, Window};
 use crate::model::Gpt;
-use anyhow::{Context, Result};
-use candle_core::Device;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use crate::stream::Loader;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use cvq::data::Segment;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -16,17 +21,27 @@ pub struct Config {
     /// Float steps, then `qat_steps` with fake quantization.
     pub steps: usize,
     pub qat_steps: usize,
-    pub batch: usize,
-    /// Frames scored per training window (the window also holds K context frames).
-    pub frames: usize,
+    /// Batches whose gradients add up to one step.
+    pub accum: usize,
     pub lr: f64,
     pub warmup: usize,
-    pub weight_decay: f64,
     pub clip: f64,
-    pub seed: u64,
     pub eval_every: usize,
-    /// Directory for `checkpoint.safetensors` and `checkpoint.step`.
+    /// Steps between progress updates that read the loss back from the device.
+    pub log_every: usize,
+    /// Directory of `checkpoint.safetensors`, written at each validation and when a run stops
+    /// early.
     pub checkpoint: Option<PathBuf>,
+    /// End the run after this many steps (a checkpoint is written), to resume later.
+    pub stop_at: Option<usize>,
+    /// The type matrix products run in (bf16 on a GPU, f32 on the CPU).
+    pub dtype: DType,
+}
+
+impl Config {
+    pub fn total(&self) -> usize {
+        self.steps + self.qat_steps
+    }
 }
 
 /// Learning rate at `step`: warmup, cosine to 10% over the float steps, 10% during QAT.
@@ -41,108 +56,194 @@ pub fn learning_rate(c: &Config, step: usize) -> f64 {
     c.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
 }
 
-/// Validation bits/token of the float model (with or without fake quantization).
+/// Validation bits/token: every frame of every validation segment scored once, with its
+/// K-frame context, in windows of `frames` frames.
 pub fn validate(
     model: &Gpt,
-    split: &Split,
+    val: &[Segment],
     frames: usize,
-    batch_size: usize,
+    batch: usize,
     fake_quant: bool,
-    device: &Device,
+    dtype: DType,
 ) -> Result<f64> {
     let k = model.spec.context_frames;
-    let windows = tiles(&split.val, k + frames, k);
-    anyhow::ensure!(!windows.is_empty(), "no validation segment holds a whole window of {} frames", k + frames);
+    let windows: Vec<Window> = val.iter().flat_map(|s| tile(&s.tokens, frames, k, 0)).collect();
+    anyhow::ensure!(!windows.is_empty(), "no validation segment holds a whole window of {frames} frames");
     let (mut nats, mut count) = (0.0, 0.0);
-    for chunk in windows.chunks(batch_size) {
-        let (loss, n) = model.loss(&batch(chunk, k + frames, device)?, fake_quant)?;
-        nats += f64::from(loss.to_scalar::<f32>()?) * n;
-        count += n;
+    let device = model.norm_out.device();
+    for chunk in windows.chunks(batch) {
+        let b = HostBatch::new(chunk, frames).to_device(device)?;
+        let loss = model.loss(&b, fake_quant, dtype)?;
+        nats += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) * b.scored as f64;
+        count += b.scored as f64;
     }
     Ok(nats / count / std::f64::consts::LN_2)
 }
 
-fn clip_gradients(grads: &mut candle_core::backprop::GradStore, vm: &VarMap, max_norm: f64) -> Result<f64> {
-    let vars = vm.all_vars();
-    let mut sq = 0.0;
-    for v in &vars {
-        if let Some(g) = grads.get(v) {
-            sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-    }
-    let norm = sq.sqrt();
-    if norm > max_norm {
-        for v in &vars {
-            if let Some(g) = grads.remove(v) {
-                grads.insert(v, (g * (max_norm / norm))?);
-            }
-        }
-    }
-    Ok(norm)
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Finished,
+    /// At `--stop-at`.
+    Stopped,
+    /// By Ctrl-C.
+    Interrupted,
 }
 
-/// Train from `first_step` to the end; returns the final float validation bits/token.
-pub fn run(model: &Gpt, vm: &VarMap, split: &Split, c: &Config, first_step: usize, device: &Device) -> Result<f64> {
-    let k = model.spec.context_frames;
-    let params = ParamsAdamW { lr: c.lr, weight_decay: c.weight_decay, ..Default::default() };
-    let mut opt = AdamW::new(vm.all_vars(), params)?;
-    let mut rng = Rng::new(c.seed ^ first_step as u64);
-    let total = c.steps + c.qat_steps;
-    let bar = ProgressBar::new(total as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} ({elapsed}, eta {eta})")
-            .expect("valid template"),
-    );
-    bar.set_position(first_step as u64);
-    let started = Instant::now();
-    let mut tokens = 0usize;
-    let mut val = f64::NAN;
-    for step in first_step..total {
-        let fake_quant = step >= c.steps;
-        let windows = sample(&split.train, k + c.frames, k, c.batch, &mut rng);
-        let (loss, n) = model.loss(&batch(&windows, k + c.frames, device)?, fake_quant)?;
-        let mut grads = loss.backward()?;
-        clip_gradients(&mut grads, vm, c.clip)?;
-        opt.set_learning_rate(learning_rate(c, step));
-        opt.step(&grads)?;
-        tokens += n as usize;
-        let bits = f64::from(loss.to_scalar::<f32>()?) / std::f64::consts::LN_2;
-        let rate = tokens as f64 / started.elapsed().as_secs_f64();
-        bar.set_message(format!(
-            "train {bits:.3} bits/token, val {val:.3}, {rate:.0} tokens/s{}",
-            if fake_quant { ", int8 fake-quant" } else { "" }
+/// One step's gradients: the sum over `accum` batches of each batch's mean loss / `accum`.
+/// Returns them (one per parameter) and the summed loss (on the device).
+fn gradients(
+    model: &Gpt,
+    s: &mut State,
+    loader: &mut Loader,
+    c: &Config,
+    epoch: &mut f64,
+) -> Result<(Vec<Tensor>, Tensor)> {
+    let fake_quant = s.step >= c.steps;
+    let mut sum: Vec<Option<Tensor>> = vec![None; s.opt.vars.len()];
+    let mut loss_sum = None;
+    for _ in 0..c.accum {
+        let item = loader.next()?;
+        if item.epoch.is_finite() {
+            *epoch = item.epoch;
+        }
+        let batch = item.host.to_device(model.norm_out.device())?;
+        let loss = (model.loss(&batch, fake_quant, c.dtype)? / c.accum as f64)?;
+        let grads = loss.backward()?;
+        for (acc, (_, var)) in sum.iter_mut().zip(&s.opt.vars) {
+            if let Some(g) = grads.get(var) {
+                *acc = Some(match acc.take() {
+                    Some(a) => (a + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+        loss_sum = Some(match loss_sum {
+            Some(l) => (l + loss.detach())?,
+            None => loss.detach(),
+        });
+        s.tokens += batch.scored as u64;
+    }
+    let grads = sum
+        .into_iter()
+        .zip(&s.opt.vars)
+        .map(|(g, (_, v))| g.map_or_else(|| v.zeros_like(), Ok))
+        .collect::<candle_core::Result<_>>()?;
+    Ok((grads, loss_sum.expect("accum >= 1")))
+}
+
+/// GPU memory in use, for the progress line (CUDA builds only).
+fn gpu_memory(device: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        if let Ok((free, total)) = candle_core::cuda_backend::cudarc::driver::result::mem_get_info() {
+            return format!(", GPU {:.1}/{:.1} GB", (total - free) as f64 / 1e9, total as f64 / 1e9);
+        }
+    }
+    let _ = device;
+    String::new()
+}
+
+/// Progress: tokens/s, epoch and its ETA; the bar shows the run's ETA.
+struct Meter {
+    bar: ProgressBar,
+    started: Instant,
+    tokens_at_start: u64,
+    /// The first epoch position seen, and when.
+    epoch_start: Option<(Instant, f64)>,
+}
+
+impl Meter {
+    fn new(s: &State, total: usize) -> Meter {
+        let style = ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} ({elapsed}, eta {eta})")
+            .expect("valid template");
+        let bar = ProgressBar::new(total as u64).with_style(style);
+        bar.set_position(s.step as u64);
+        Meter { bar, started: Instant::now(), tokens_at_start: s.tokens, epoch_start: None }
+    }
+
+    fn rate(&self, s: &State) -> f64 {
+        (s.tokens - self.tokens_at_start) as f64 / self.started.elapsed().as_secs_f64()
+    }
+
+    fn show(&mut self, s: &State, train: f64, val: f64, epoch: f64, device: &Device) {
+        let mut epoch_text = String::new();
+        if epoch.is_finite() {
+            let (t0, e0) = *self.epoch_start.get_or_insert((Instant::now(), epoch));
+            let speed = (epoch - e0) / t0.elapsed().as_secs_f64();
+            let left = (epoch.floor() + 1.0 - epoch) / speed;
+            epoch_text = format!(", epoch {} {:.1}%", epoch.floor() as u64 + 1, epoch.fract() * 100.0);
+            if speed > 0.0 && left.is_finite() {
+                epoch_text += &format!(" (eta {})", indicatif::HumanDuration(std::time::Duration::from_secs_f64(left)));
+            }
+        }
+        self.bar.set_message(format!(
+            "train {train:.3} bits/token, val {val:.3}, {:.0} tokens/s{epoch_text}{}",
+            self.rate(s),
+            gpu_memory(device)
         ));
-        bar.inc(1);
-        if (step + 1) % c.eval_every == 0 || step + 1 == total {
-            val = validate(model, split, c.frames, c.batch, fake_quant, device)?;
-            bar.suspend(|| {
-                eprintln!("step {}: train {bits:.4} bits/token, validation {val:.4}, {rate:.0} tokens/s", step + 1)
+    }
+}
+
+/// Train from `s.step` on: to the end, to `--stop-at`, or until `interrupt` is set (Ctrl-C).
+/// Returns where the data stands and how the run ended; a run that ends early writes a
+/// checkpoint when it has a directory for one.
+pub fn run(
+    model: &Gpt,
+    s: &mut State,
+    data: Data,
+    val: &[Segment],
+    c: &Config,
+    interrupt: &AtomicBool,
+) -> Result<(Data, End)> {
+    let device = model.norm_out.device().clone();
+    let (frames, batch) = (data.stream.frames, data.stream.batch);
+    let mut loader = Loader::start(data.stream, data.queued);
+    let mut meter = Meter::new(s, c.total());
+    let (mut train_bits, mut val_bits, mut epoch) = (f64::NAN, f64::NAN, f64::NAN);
+    let mut end = End::Finished;
+    while s.step < c.total() {
+        if c.stop_at.is_some_and(|at| s.step >= at) {
+            end = End::Stopped;
+            break;
+        }
+        if interrupt.load(Ordering::Relaxed) {
+            end = End::Interrupted;
+            break;
+        }
+        let (grads, loss) = gradients(model, s, &mut loader, c, &mut epoch)?;
+        s.opt.step(&grads, learning_rate(c, s.step), c.clip)?;
+        s.step += 1;
+        meter.bar.inc(1);
+        let validating = s.step % c.eval_every == 0 || s.step == c.total();
+        if s.step % c.log_every == 0 || validating {
+            train_bits = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) / std::f64::consts::LN_2;
+            meter.show(s, train_bits, val_bits, epoch, &device);
+        }
+        if validating {
+            val_bits = validate(model, val, frames, batch, s.step > c.steps, c.dtype)?;
+            let rate = meter.rate(s);
+            meter.bar.suspend(|| {
+                eprintln!(
+                    "step {}: train {train_bits:.4} bits/token, validation {val_bits:.4}, {rate:.0} tokens/s",
+                    s.step
+                )
             });
             if let Some(dir) = &c.checkpoint {
-                save_checkpoint(vm, dir, step + 1)?;
+                let (stream, queued) = loader.pause()?;
+                let d = Data { stream, queued };
+                checkpoint::save(dir, &model.spec, s, &d)?;
+                loader = Loader::start(d.stream, d.queued);
             }
         }
     }
-    bar.finish_and_clear();
-    Ok(val)
-}
-
-pub fn save_checkpoint(vm: &VarMap, dir: &std::path::Path, step: usize) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create checkpoint directory", dir.display()))?;
-    let tmp = dir.join("checkpoint.safetensors.tmp");
-    vm.save(&tmp).with_context(|| format!("{}: cannot write checkpoint", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join("checkpoint.safetensors"))?;
-    std::fs::write(dir.join("checkpoint.step"), step.to_string())?;
-    Ok(())
-}
-
-/// Load a checkpoint into `vm`; returns the step to continue from (optimizer moments restart).
-pub fn load_checkpoint(vm: &mut VarMap, dir: &std::path::Path) -> Result<usize> {
-    let step_file = dir.join("checkpoint.step");
-    let step = std::fs::read_to_string(&step_file)
-        .with_context(|| format!("{}: no checkpoint to resume", step_file.display()))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{}: not a step number", step_file.display()))?;
-    vm.load(dir.join("checkpoint.safetensors")).context("cannot load checkpoint weights")?;
-    Ok(step)
+    meter.bar.finish_and_clear();
+    let (stream, queued) = loader.pause()?;
+    let d = Data { stream, queued };
+    if end != End::Finished {
+        if let Some(dir) = &c.checkpoint {
+            checkpoint::save(dir, &model.spec, s, &d)?;
+        }
+    }
+    Ok((d, end))
 }
