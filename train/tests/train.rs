@@ -1,54 +1,82 @@
-//! The trainer on CPU: learning, export into the runtime, and the offline hub path.
+//! The trainer on CPU: learning, export into the runtime, the offline hub path, streaming data
+//! and exact resume.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use cvq::data::shared::shared_data;
 use cvq::data::{read_segment_file, Segment};
 use cvq::model::ModelSpec;
 use cvq::predict::{transformer::Transformer, Model};
-use cvq_train::{data, export, hub, model::Gpt, train};
+use cvq_train::checkpoint::{self, Data, State};
+use cvq_train::stream::{self, Source, Stream};
+use cvq_train::train::{self, End};
+use cvq_train::{data, export, hub, model::Gpt, optim::AdamW};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 const TINY: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const FRAMES: usize = 2;
 
 fn config(steps: usize, qat_steps: usize) -> train::Config {
     train::Config {
         steps,
         qat_steps,
-        batch: 4,
-        frames: 1,
+        accum: 1,
         lr: 1e-2,
         warmup: 3,
-        weight_decay: 0.0,
         clip: 1.0,
-        seed: 3,
         eval_every: 1000,
+        log_every: 10,
         checkpoint: None,
+        stop_at: None,
+        dtype: DType::F32,
     }
 }
 
-fn clip_split() -> Option<data::Split> {
+fn clip_split() -> Option<(Vec<Segment>, Vec<Segment>)> {
     let clip = read_segment_file(&shared_data("clip.npy")?).unwrap();
     Some(data::split_by_frame(vec![clip], 900).unwrap())
 }
 
+/// A fresh model, optimizer and stream over `sources`.
+fn setup(sources: Vec<Source>, val: &[Segment], seed: u64) -> (Gpt, State, Data) {
+    let vm = VarMap::new();
+    let model = Gpt::new(TINY, &vm, &Device::Cpu, seed).unwrap();
+    let state = State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), 0.0).unwrap() };
+    let skip: HashSet<String> = val.iter().map(|s| s.name.clone()).collect();
+    let stream = Stream::new(sources, skip, seed, TINY.context_frames + FRAMES, TINY.context_frames, 4, 32);
+    (model, state, Data { stream, queued: vec![] })
+}
+
+fn memory(segments: Vec<Segment>) -> Vec<Source> {
+    segments.into_iter().map(|s| Source::Memory(Arc::new(s))).collect()
+}
+
+fn train(model: &Gpt, s: &mut State, d: Data, val: &[Segment], c: &train::Config) -> (Data, End) {
+    train::run(model, s, d, val, c, &AtomicBool::new(false)).unwrap()
+}
+
 #[test]
 fn a_few_cpu_steps_lower_the_validation_loss() {
-    let Some(split) = clip_split() else { return };
-    let vm = VarMap::new();
-    let model = Gpt::new(TINY, &vm, &Device::Cpu, 1).unwrap();
-    let before = train::validate(&model, &split, 1, 8, false, &Device::Cpu).unwrap();
-    let after = train::run(&model, &vm, &split, &config(40, 0), 0, &Device::Cpu).unwrap();
+    let Some((train_segs, val)) = clip_split() else { return };
+    let (model, mut s, d) = setup(memory(train_segs), &val, 1);
+    let before = train::validate(&model, &val, 3, 8, false, DType::F32).unwrap();
+    train(&model, &mut s, d, &val, &config(40, 0));
+    let after = train::validate(&model, &val, 3, 8, false, DType::F32).unwrap();
     eprintln!("validation bits/token: {before:.4} before, {after:.4} after 40 steps");
     assert!(after < before - 0.3, "{before} -> {after}");
+    // bf16 matrix products train too, and validate close to f32.
+    let bf16 = train::validate(&model, &val, 3, 8, false, DType::BF16).unwrap();
+    assert!((bf16 - after).abs() < 0.05, "bf16 {bf16} vs f32 {after}");
 }
 
 #[test]
 fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
-    let Some(split) = clip_split() else { return };
-    let vm = VarMap::new();
-    let model = Gpt::new(TINY, &vm, &Device::Cpu, 2).unwrap();
-    train::run(&model, &vm, &split, &config(5, 3), 0, &Device::Cpu).unwrap();
+    let Some((train_segs, val)) = clip_split() else { return };
+    let (model, mut s, d) = setup(memory(train_segs), &val, 2);
+    train(&model, &mut s, d, &val, &config(5, 3));
     let weights = export::export(&model).unwrap();
     // The file the trainer writes is the file the runtime loads.
     let loaded = cvq::model::Weights::from_bytes(&weights.to_bytes().unwrap()).unwrap();
@@ -76,7 +104,9 @@ fn offline_hub_reads_a_shard_from_the_cache() {
     cvq::data::shard::write_shard(&snapshot.join("data-0000.tar.gz"), &[clip.clone(), other.clone()]).unwrap();
 
     let paths = hub::shards("commaai/commavq", &[0], Some(cache.path().to_path_buf()), true).unwrap();
-    assert_eq!(data::load_shards(&paths).unwrap(), vec![clip, other]);
+    let sources = stream::sources(&paths, &[]).unwrap();
+    assert_eq!(stream::load_all(&sources).unwrap(), vec![clip, other.clone()]);
+    assert_eq!(stream::hold_out(&sources, &[], 1).unwrap(), vec![other]);
     let missing = hub::shards("commaai/commavq", &[1], Some(cache.path().to_path_buf()), true).unwrap_err();
     assert!(format!("{missing:#}").contains("data-0001.tar.gz is not in the cache"), "{missing:#}");
     assert_eq!(hub::parse_shards("0-1,5").unwrap(), vec![0, 1, 5]);
@@ -92,26 +122,78 @@ fn offline_hub_reads_a_shard_from_the_cache() {
     assert_eq!(String::from_utf8(fetch.stdout).unwrap().trim(), paths[0].to_str().unwrap());
 }
 
+/// Generated segments as dataset-style files in `dir`.
+fn segment_dir(dir: &Path, count: usize, frames: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..count {
+        let seg = cvq::data::synthetic::segment(&format!("{i:032x}_{i}"), frames, i as u64);
+        std::fs::write(dir.join(&seg.name), seg.to_npy_bytes().unwrap()).unwrap();
+    }
+}
+
 #[test]
-fn training_resumes_from_a_checkpoint() {
-    let Some(split) = clip_split() else { return };
+fn the_stream_visits_every_training_segment_each_epoch_and_never_a_validation_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(6, 0);
-    c.eval_every = 4;
-    c.checkpoint = Some(dir.path().to_path_buf());
+    segment_dir(dir.path(), 5, 6);
+    let sources = stream::sources(&[], &[dir.path().to_path_buf()]).unwrap();
+    let val = stream::hold_out(&sources, &[], 2).unwrap();
+    let names: Vec<&str> = val.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, [format!("{:032x}_3", 3), format!("{:032x}_4", 4)], "the last two segments validate");
+    // Segment i's tokens all differ from the others' first tokens: recognise windows by it.
+    let firsts: Vec<u16> = stream::load_all(&sources).unwrap().iter().map(|s| s.tokens[0]).collect();
+    let (_, _, d) = setup(sources, &val, 3);
+    let mut loader = stream::Loader::start(d.stream, vec![]);
+    let mut seen = HashSet::new();
+    // 3 training segments x 6 frames: each epoch cuts 3 x 3 windows, 32 fill the buffer.
+    for _ in 0..30 {
+        for w in loader.next().unwrap().windows {
+            if !w.lead {
+                seen.insert(w.tokens[0]);
+            }
+        }
+    }
+    let (stream, queued) = loader.pause().unwrap();
+    assert!(stream.pos.epoch >= 3, "epochs cycle");
+    assert!(queued.iter().all(|b| b.len() == 4));
+    assert_eq!(seen, firsts[..3].iter().copied().collect(), "every training segment, no validation one");
+}
+
+#[test]
+fn a_run_stopped_and_resumed_exports_byte_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    segment_dir(&dir.path().join("data"), 6, 12);
+    let run = |stop_at: Option<usize>, resume: bool| {
+        let sources = stream::sources(&[], &[dir.path().join("data")]).unwrap();
+        let val = stream::hold_out(&sources, &[], 1).unwrap();
+        let (model, mut s, mut d) = setup(sources, &val, 4);
+        let mut c = config(10, 4);
+        c.eval_every = 3;
+        c.stop_at = stop_at;
+        c.checkpoint = Some(dir.path().join("ckpt"));
+        if resume {
+            checkpoint::load(&dir.path().join("ckpt"), &TINY, &mut s, &mut d).unwrap();
+        }
+        let (_, end) = train(&model, &mut s, d, &val, &c);
+        (export::export(&model).unwrap(), end, s.step)
+    };
+    let (whole, end, step) = run(None, false);
+    assert_eq!((end, step), (End::Finished, 14));
+    std::fs::remove_dir_all(dir.path().join("ckpt")).unwrap();
+    let (_, end, step) = run(Some(7), false);
+    assert_eq!((end, step), (End::Stopped, 7));
+    let (resumed, end, step) = run(None, true);
+    assert_eq!((end, step), (End::Finished, 14));
+    assert!(resumed == whole, "stopped at 7 and resumed: other weights than the uninterrupted run");
+
+    // A checkpoint of another model is refused, naming both.
     let vm = VarMap::new();
-    let model = Gpt::new(TINY, &vm, &Device::Cpu, 4).unwrap();
-    train::run(&model, &vm, &split, &c, 0, &Device::Cpu).unwrap();
-    let saved = export::export(&model).unwrap();
-    // A fresh model loads the last checkpoint (written at step 6, the end) and agrees.
-    let mut vm2 = VarMap::new();
-    let model2 = Gpt::new(TINY, &vm2, &Device::Cpu, 5).unwrap();
-    assert_eq!(train::load_checkpoint(&mut vm2, dir.path()).unwrap(), 6);
-    assert_eq!(export::export(&model2).unwrap().hash, saved.hash);
-    // Resuming runs only the steps left.
-    c.steps = 8;
-    train::run(&model2, &vm2, &split, &c, 6, &Device::Cpu).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("checkpoint.step")).unwrap(), "8");
-    let missing = train::load_checkpoint(&mut VarMap::new(), &dir.path().join("nothing")).unwrap_err();
+    let other = ModelSpec { width: 64, ..TINY };
+    let model = Gpt::new(other, &vm, &Device::Cpu, 1).unwrap();
+    let mut s = State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), 0.0).unwrap() };
+    let sources = stream::sources(&[], &[dir.path().join("data")]).unwrap();
+    let mut d = Data { stream: Stream::new(sources, HashSet::new(), 1, 3, 1, 4, 32), queued: vec![] };
+    let err = checkpoint::load(&dir.path().join("ckpt"), &model.spec, &mut s, &mut d).unwrap_err();
+    assert!(format!("{err:#}").contains("width: 32"), "{err:#}");
+    let missing = checkpoint::load(&dir.path().join("nothing"), &TINY, &mut s, &mut d).unwrap_err();
     assert!(format!("{missing:#}").contains("no checkpoint to resume"), "{missing:#}");
 }
