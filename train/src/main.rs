@@ -94,9 +94,12 @@ struct Args {
     /// Steps between progress updates (each reads the loss back from the device).
     #[arg(long, default_value_t = 10)]
     log_every: usize,
-    /// Validation: hold out the last N segments...
+    /// Validation: hold out the last N segments (of the data, or of --val-shard)...
     #[arg(long, default_value_t = 1)]
     val_segments: usize,
+    /// ...validate on this dataset shard instead (not trained on; its last N segments)...
+    #[arg(long, requires = "dataset")]
+    val_shard: Option<usize>,
     /// ...or these segments (by name, comma-separated)...
     #[arg(long, value_delimiter = ',')]
     holdout: Vec<String>,
@@ -238,7 +241,14 @@ fn sources(a: &Args) -> Result<(Vec<Source>, Vec<cvq::data::Segment>)> {
         let (train, val) = data::split_by_frame(stream::load_all(&all)?, f)?;
         return Ok((train.into_iter().map(|s| Source::Memory(Arc::new(s))).collect(), val));
     }
-    let val = stream::hold_out(&all, &a.holdout, a.val_segments)?;
+    let val = match (a.val_shard, &a.dataset) {
+        (Some(n), Some(d)) => {
+            ensure!(!hub::parse_shards(&a.shards)?.contains(&n), "--val-shard {n} is also a training shard");
+            let shard = hub::shards(d, &[n], a.cache_dir.clone(), hub::offline_from_env())?;
+            stream::hold_out(&stream::sources(&shard, &[])?, &[], a.val_segments)?
+        }
+        _ => stream::hold_out(&all, &a.holdout, a.val_segments)?,
+    };
     Ok((all, val))
 }
 
@@ -331,7 +341,8 @@ fn run(a: Args) -> Result<()> {
     catch_signals();
     let started = Instant::now();
     let tokens_before = state.tokens;
-    let (_, end) = train::run(&model, &mut state, data, &val, &config, &INTERRUPT)?;
+    let (_, outcome) = train::run(&model, &mut state, data, &val, &config, &INTERRUPT)?;
+    let end = outcome.end;
     if end != End::Finished {
         eprintln!(
             "{} at step {}: checkpoint in {}; continue with the same command and --resume",
@@ -360,11 +371,11 @@ fn run(a: Args) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let seen = state.tokens - tokens_before;
     eprintln!(
-        "trained {} steps, {} tokens ({seen} in this run, {:.1} min, {:.0} tokens/s); validation float {float:.4} bits/token, int8 {integer:.4} (gap {:+.2}%); wrote {} ({} bytes)",
+        "trained {} steps, {} tokens ({seen} in this run: {:.1} min, {:.0} tokens/s in training steps); validation float {float:.4} bits/token, int8 {integer:.4} (gap {:+.2}%); wrote {} ({} bytes)",
         state.step,
         state.tokens,
         secs / 60.0,
-        seen as f64 / secs,
+        outcome.tokens_per_sec,
         (integer - float) / float * 100.0,
         output.display(),
         bytes.len()

@@ -260,7 +260,7 @@ impl Loader {
         Loader { rx, stop, thread, queued: queued.into() }
     }
 
-    pub fn next(&mut self) -> Result<Item> {
+    pub fn next_batch(&mut self) -> Result<Item> {
         if let Some(windows) = self.queued.pop_front() {
             let host = HostBatch::new(&windows, frames_of(&windows[0]));
             return Ok(Item { windows, host, epoch: f64::NAN });

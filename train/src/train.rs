@@ -80,7 +80,13 @@ pub fn validate(
     Ok(nats / count / std::f64::consts::LN_2)
 }
 
-/// How a run ended.
+/// How a run ended, and its speed.
+pub struct Outcome {
+    pub end: End,
+    /// Tokens scored per second of training steps (validation and checkpoints left out).
+    pub tokens_per_sec: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     Finished,
@@ -103,7 +109,7 @@ fn gradients(
     let mut sum: Vec<Option<Tensor>> = vec![None; s.opt.vars.len()];
     let mut loss_sum = None;
     for _ in 0..c.accum {
-        let item = loader.next()?;
+        let item = loader.next_batch()?;
         if item.epoch.is_finite() {
             *epoch = item.epoch;
         }
@@ -148,6 +154,8 @@ fn gpu_memory(device: &Device) -> String {
 struct Meter {
     bar: ProgressBar,
     started: Instant,
+    /// Time spent validating and checkpointing, left out of tokens/s.
+    aside: std::time::Duration,
     tokens_at_start: u64,
     /// The first epoch position seen, and when.
     epoch_start: Option<(Instant, f64)>,
@@ -159,11 +167,12 @@ impl Meter {
             .expect("valid template");
         let bar = ProgressBar::new(total as u64).with_style(style);
         bar.set_position(s.step as u64);
-        Meter { bar, started: Instant::now(), tokens_at_start: s.tokens, epoch_start: None }
+        Meter { bar, started: Instant::now(), aside: Default::default(), tokens_at_start: s.tokens, epoch_start: None }
     }
 
+    /// Tokens scored per second of training steps.
     fn rate(&self, s: &State) -> f64 {
-        (s.tokens - self.tokens_at_start) as f64 / self.started.elapsed().as_secs_f64()
+        (s.tokens - self.tokens_at_start) as f64 / (self.started.elapsed() - self.aside).as_secs_f64()
     }
 
     fn show(&mut self, s: &State, train: f64, val: f64, epoch: f64, device: &Device) {
@@ -195,7 +204,7 @@ pub fn run(
     val: &[Segment],
     c: &Config,
     interrupt: &AtomicBool,
-) -> Result<(Data, End)> {
+) -> Result<(Data, Outcome)> {
     let device = model.norm_out.device().clone();
     let (frames, batch) = (data.stream.frames, data.stream.batch);
     let mut loader = Loader::start(data.stream, data.queued);
@@ -215,18 +224,19 @@ pub fn run(
         s.opt.step(&grads, learning_rate(c, s.step), c.clip)?;
         s.step += 1;
         meter.bar.inc(1);
-        let validating = s.step % c.eval_every == 0 || s.step == c.total();
-        if s.step % c.log_every == 0 || validating {
+        let validating = s.step.is_multiple_of(c.eval_every) || s.step == c.total();
+        if s.step.is_multiple_of(c.log_every) || validating {
             train_bits = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?) / std::f64::consts::LN_2;
             meter.show(s, train_bits, val_bits, epoch, &device);
         }
         if validating {
+            let aside = Instant::now();
             val_bits = validate(model, val, frames, batch, s.step > c.steps, c.dtype)?;
             let rate = meter.rate(s);
             meter.bar.suspend(|| {
                 eprintln!(
-                    "step {}: train {train_bits:.4} bits/token, validation {val_bits:.4}, {rate:.0} tokens/s",
-                    s.step
+                    "step {}: {} tokens seen, train {train_bits:.4} bits/token, validation {val_bits:.4}, {rate:.0} tokens/s",
+                    s.step, s.tokens
                 )
             });
             if let Some(dir) = &c.checkpoint {
@@ -235,6 +245,7 @@ pub fn run(
                 checkpoint::save(dir, &model.spec, s, &d)?;
                 loader = Loader::start(d.stream, d.queued);
             }
+            meter.aside += aside.elapsed();
         }
     }
     meter.bar.finish_and_clear();
@@ -245,5 +256,5 @@ pub fn run(
             checkpoint::save(dir, &model.spec, s, &d)?;
         }
     }
-    Ok((d, end))
+    Ok((d, Outcome { end, tokens_per_sec: meter.rate(s) }))
 }

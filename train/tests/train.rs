@@ -55,7 +55,8 @@ fn memory(segments: Vec<Segment>) -> Vec<Source> {
 }
 
 fn train(model: &Gpt, s: &mut State, d: Data, val: &[Segment], c: &train::Config) -> (Data, End) {
-    train::run(model, s, d, val, c, &AtomicBool::new(false)).unwrap()
+    let (d, outcome) = train::run(model, s, d, val, c, &AtomicBool::new(false)).unwrap();
+    (d, outcome.end)
 }
 
 #[test]
@@ -105,7 +106,7 @@ fn offline_hub_reads_a_shard_from_the_cache() {
 
     let paths = hub::shards("commaai/commavq", &[0], Some(cache.path().to_path_buf()), true).unwrap();
     let sources = stream::sources(&paths, &[]).unwrap();
-    assert_eq!(stream::load_all(&sources).unwrap(), vec![clip, other.clone()]);
+    assert_eq!(stream::load_all(&sources).unwrap(), vec![clip.clone(), other.clone()]);
     assert_eq!(stream::hold_out(&sources, &[], 1).unwrap(), vec![other]);
     let missing = hub::shards("commaai/commavq", &[1], Some(cache.path().to_path_buf()), true).unwrap_err();
     assert!(format!("{missing:#}").contains("data-0001.tar.gz is not in the cache"), "{missing:#}");
@@ -120,6 +121,25 @@ fn offline_hub_reads_a_shard_from_the_cache() {
         .unwrap();
     assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
     assert_eq!(String::from_utf8(fetch.stdout).unwrap().trim(), paths[0].to_str().unwrap());
+
+    // Training end to end from the cache: shard 0 streams, shard 1 validates.
+    let held = Segment::int16("ffeeddccbbaa99887766554433221100_7", clip.tokens[..128 * 6].to_vec());
+    cvq::data::shard::write_shard(&snapshot.join("data-0001.tar.gz"), &[held]).unwrap();
+    let out = cache.path().join("w.safetensors");
+    let train = std::process::Command::new(env!("CARGO_BIN_EXE_cvq-train"))
+        .args(["--dataset", "commaai/commavq", "--shards", "0", "--val-shard", "1", "--preset", "tiny"])
+        .args(["--steps", "3", "--qat-steps", "1", "--shuffle-buffer", "8", "--cache-dir"])
+        .arg(cache.path())
+        .arg("-o")
+        .arg(&out)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&train.stderr);
+    assert!(train.status.success(), "{log}");
+    assert!(log.contains("1 training sources, 1 validation segments"), "{log}");
+    assert!(log.contains("trained 4 steps"), "{log}");
+    cvq::model::Weights::load(&out).unwrap();
 }
 
 /// Generated segments as dataset-style files in `dir`.
@@ -146,7 +166,7 @@ fn the_stream_visits_every_training_segment_each_epoch_and_never_a_validation_on
     let mut seen = HashSet::new();
     // 3 training segments x 6 frames: each epoch cuts 3 x 3 windows, 32 fill the buffer.
     for _ in 0..30 {
-        for w in loader.next().unwrap().windows {
+        for w in loader.next_batch().unwrap().windows {
             if !w.lead {
                 seen.insert(w.tokens[0]);
             }

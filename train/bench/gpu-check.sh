@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU check of cvq-train, prepared to run on the device machine (no Rust, no network; it has
+# nvcc, a driver and PyTorch with its CUDA libraries). Build here first and carry the results:
+#
+#   scripts/cuda-toolkit-from-pypi.sh /tmp/cuda13 && source /tmp/cuda13/build-env.sh
+#   CARGO_TARGET_DIR=/tmp/cuda-target cargo build --release -p cvq-train --features cuda
+#   mkdir -p carry && strip -o carry/cvq-train /tmp/cuda-target/release/cvq-train && xz -9 -f carry/cvq-train
+#   cargo build --release -p cvq && xz -9 -c target/release/cvq > carry/cvq.xz
+#
+# then run `bash train/bench/gpu-check.sh carry` there (carry: the folder). For each of three
+# model sizes it trains a few hundred steps on generated segments and times the PyTorch
+# reference of the same architecture in the same call; it prints both rates and their ratio.
+set -euo pipefail
+carry=${1:?usage: gpu-check.sh CARRY_DIR}
+out=${OUT:-/tmp/gpu-check}
+mkdir -p "$out" /tmp/cvq-bin
+xz -dc "$carry/cvq-train.xz" > /tmp/cvq-bin/cvq-train
+xz -dc "$carry/cvq.xz" > /tmp/cvq-bin/cvq
+chmod +x /tmp/cvq-bin/*
+# The CUDA 13 libraries of the PyTorch install (cublas, cudart, curand), and the driver's libcuda.
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+libs=$(find "$site/nvidia" \( -name 'libcublas.so.13' -o -name 'libcudart.so.13' -o -name 'libcurand.so.10' \) -printf '%h\n' | sort -u | paste -sd:)
+export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+
+# 96 generated 1200-frame segments (14.7M tokens): enough for a few hundred steps of streaming.
+/tmp/cvq-bin/cvq synth --segments 96 --frames 1200 --seed 1 -o /tmp/synth --manifest /tmp/synth.json
+
+run() { # name, steps, cvq-train model flags, torch flags
+    local name=$1 steps=$2 flags=$3
+    echo "== $name" | tee -a "$out/speed.txt"
+    /tmp/cvq-bin/cvq-train --cuda --data /tmp/synth $flags --steps "$steps" --qat-steps 0 --warmup 10 \
+        --eval-every 100000 --log-every 50 --force -o "/tmp/$name.safetensors" 2>&1 | grep -E '^(model|trained)' | tee -a "$out/speed.txt"
+    python3 train/bench/torch_reference.py $flags --steps 50 2>&1 | tee -a "$out/speed.txt"
+}
+run default 300 "--layers 2 --width 128 --heads 4 --context-frames 2 --mlp-width 512 --batch 64 --frames 4"
+run challenge 200 "--layers 6 --width 256 --heads 8 --context-frames 4 --mlp-width 1024 --batch 64 --frames 4"
+run m20 100 "--layers 10 --width 384 --heads 12 --context-frames 8 --mlp-width 1536 --batch 16 --frames 4"
+# Ratios, candle / torch, from the two rates of each size.
+for name in default challenge m20; do
+    part=$(sed -n "/^== $name\$/,/^torch:/p" "$out/speed.txt")
+    c=$(grep -o '[0-9]* tokens/s in training' <<<"$part" | grep -o '^[0-9]*')
+    t=$(grep -o '^torch: [0-9]*' <<<"$part" | grep -o '[0-9]*$')
+    echo "$name: candle $c tokens/s, torch $t, ratio $(python3 -c "print(round($c / $t, 3))")" | tee -a "$out/ratios.txt"
+done
