@@ -69,6 +69,8 @@ pub struct Gpt {
     pub layers: Vec<Layer>,
     pub norm_out: Tensor,
     pub head_bias: Tensor,
+    /// Attention layouts by window frames, built once: every step uses the same one.
+    layouts: std::sync::Mutex<Vec<(usize, Tensor, Tensor)>>,
 }
 
 /// One batch of training windows: ids and targets `[B, N]`, loss mask `[B, N]` (f32).
@@ -117,12 +119,17 @@ impl Gpt {
             layers,
             norm_out: p.constant("norm_out.gain", &[d], 1.0)?,
             head_bias: p.constant("head_bias", &[VOCAB], 0.0)?,
+            layouts: Default::default(),
         })
     }
 
     /// Attention mask (0 or -inf) `[N, N]` and frame offsets `[N, N]` (u32) for windows of
-    /// `frames` frames.
-    fn attention_layout(&self, frames: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// `frames` frames, on the model's device.
+    fn attention_layout(&self, frames: usize) -> Result<(Tensor, Tensor)> {
+        let mut layouts = self.layouts.lock().expect("not poisoned");
+        if let Some((_, mask, offsets)) = layouts.iter().find(|l| l.0 == frames) {
+            return Ok((mask.clone(), offsets.clone()));
+        }
         let n = frames * TOKENS_PER_FRAME;
         let k = self.spec.context_frames;
         let mut mask = vec![f32::NEG_INFINITY; n * n];
@@ -136,7 +143,10 @@ impl Gpt {
                 }
             }
         }
-        Ok((Tensor::from_vec(mask, (n, n), device)?, Tensor::from_vec(offsets, (n, n), device)?))
+        let device = self.norm_out.device();
+        let (mask, offsets) = (Tensor::from_vec(mask, (n, n), device)?, Tensor::from_vec(offsets, (n, n), device)?);
+        layouts.push((frames, mask.clone(), offsets.clone()));
+        Ok((mask, offsets))
     }
 
     /// Logits `[B, N, 1024]` (f32). Matrix products run in `dtype` (bf16 on a GPU: tensor
@@ -155,7 +165,7 @@ impl Gpt {
         let mut x =
             (embed(&self.tok_prev, &b.prev)? + tok_same.embedding(&b.same.flatten_all()?)?)?.reshape((bsz, n, d))?;
         x = x.broadcast_add(&embed(&self.pos, &b.pos)?.reshape((1, n, d))?)?;
-        let (mask, offsets) = self.attention_layout(b.frames, x.device())?;
+        let (mask, offsets) = self.attention_layout(b.frames)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
             let h = rms_norm(&x, &layer.norm1)?;
