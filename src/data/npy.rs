@@ -93,7 +93,10 @@ pub fn parse_segment(name: String, bytes: &[u8]) -> Result<Segment> {
     let header = bytes[..header_len].to_vec();
     let (layout, frames) = parse_header(&header)?;
     let data = &bytes[header_len..];
-    let expected = frames * TOKENS_PER_FRAME * layout.bytes;
+    // Checked: a forged shape must not wrap to a small byte count and pass for an empty file.
+    let expected = frames
+        .checked_mul(TOKENS_PER_FRAME * layout.bytes)
+        .with_context(|| format!("header's {frames} frames are more bytes than any file holds"))?;
     if data.len() < expected {
         bail!("truncated: header promises {expected} data bytes, file has {}", data.len());
     }
@@ -232,5 +235,7 @@ mod tests {
         assert!(err(&npy("<i2", false, &[1, 128], &[0; 257])).contains("unexpected bytes"));
         assert!(err(b"\x93NUMPY\x01\x00\xff").contains("bad npy header"));
         assert!(err(b"hello").contains("bad npy header"));
+        let wraps = npy_header("<i2", false, &[1 << 61, 8, 16]);
+        assert!(err(&wraps).contains("2305843009213693952 frames are more bytes than any file holds"), "{}", err(&wraps));
     }
 }
