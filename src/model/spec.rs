@@ -25,6 +25,8 @@ use crate::data::{TOKENS_PER_FRAME, VOCAB};
 pub const BOS: usize = VOCAB;
 /// Input vocabulary: the 1024 token values and BOS.
 pub const INPUT_VOCAB: usize = VOCAB + 1;
+/// The weights format, as the metadata's "format" names it; also the model id's first field.
+pub const FORMAT: &str = "cvq-gpt-int8-1";
 /// RMSNorm's epsilon, 2^-16.
 pub const NORM_EPS_LOG2: u32 = 16;
 
@@ -107,7 +109,7 @@ impl ModelSpec {
     /// The spec as safetensors metadata.
     pub fn to_metadata(&self) -> HashMap<String, String> {
         [
-            ("format", "cvq-gpt-int8-1".to_string()),
+            ("format", FORMAT.to_string()),
             ("layers", self.layers.to_string()),
             ("width", self.width.to_string()),
             ("heads", self.heads.to_string()),
@@ -127,7 +129,7 @@ impl ModelSpec {
                 .with_context(|| format!("metadata {k:?} is not a number"))
         };
         let format = meta.get("format").map(String::as_str);
-        ensure!(format == Some("cvq-gpt-int8-1"), "metadata format is {format:?}, expected \"cvq-gpt-int8-1\"");
+        ensure!(format == Some(FORMAT), "metadata format is {format:?}, expected {FORMAT:?}");
         let spec = ModelSpec {
             layers: get("layers")?,
             width: get("width")?,
