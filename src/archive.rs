@@ -201,7 +201,14 @@ impl<'a> Reader<'a> {
         let end = end.with_context(|| format!("payload length {len} exceeds the archive's size"))?;
         let payload_checksum = self.u32()?;
         let checksum = self.u32()?;
-        Ok(Entry { name: name.to_string(), header: header as usize, frames, checksum, payload_checksum, payload: offset..end })
+        Ok(Entry {
+            name: name.to_string(),
+            header: header as usize,
+            frames,
+            checksum,
+            payload_checksum,
+            payload: offset..end,
+        })
     }
 
     fn u32(&mut self) -> Result<u32> {

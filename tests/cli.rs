@@ -188,7 +188,11 @@ fn files_the_archive_could_not_restore_are_refused_before_coding() {
     std::fs::write(&long, crafted_npy(2, dict, 65_600, &[0; 256])).unwrap();
     let c = cvq(&["compress", p(&long), "-o", p(&archive), "--predictor", "context-mix"]);
     assert!(!c.status.success());
-    assert!(stderr(&c).contains("long_header.npy: npy header of 65600 bytes exceeds the limit of 65536"), "{}", stderr(&c));
+    assert!(
+        stderr(&c).contains("long_header.npy: npy header of 65600 bytes exceeds the limit of 65536"),
+        "{}",
+        stderr(&c)
+    );
     assert!(!archive.exists(), "no archive is left behind");
 }
 

@@ -232,7 +232,11 @@ fn model_id_from_the_spec(file: &[u8]) -> [u8; 32] {
         .into_iter()
         .flat_map(|n| {
             let scale = format!("{n}.scale");
-            if st.tensor(&scale).is_ok() { vec![n, scale] } else { vec![n] }
+            if st.tensor(&scale).is_ok() {
+                vec![n, scale]
+            } else {
+                vec![n]
+            }
         })
         .collect();
     enc.extend((names.len() as u64).to_le_bytes());
@@ -271,3 +275,60 @@ fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
 
 const GOLDEN_RANDOM_FILE: &str = "a95cb076b8886af18dc167c562e628caa34163cd94a63341fe4d281666302017";
 const GOLDEN_RANDOM_ID: &str = "b31f0d57c295d57204d870e1256109d2e6ea15f9c52a46e7d510f88845a59f16";
+
+/// `file` with metadata values replaced (each by one of the same length, so offsets stay put).
+/// Metadata fields to forge: key, value in the file, value to put there.
+type Forged<'a> = &'a [(&'a str, usize, usize)];
+
+fn forge_metadata(file: &[u8], fields: Forged) -> Vec<u8> {
+    let mut out = file.to_vec();
+    for (key, from, to) in fields {
+        let (from, to) = (format!("\"{key}\":\"{from}\""), format!("\"{key}\":\"{to}\""));
+        assert_eq!(from.len(), to.len());
+        let at = out.windows(from.len()).position(|w| w == from.as_bytes()).expect("metadata field");
+        out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn weights_load_at_each_limit_and_not_past_it() {
+    let base = ModelSpec { layers: 1, width: 16, heads: 1, context_frames: 1, mlp_width: 16 };
+    let cases: [(ModelSpec, Forged, &str); 5] = [
+        (
+            ModelSpec { width: 512, ..base },
+            &[("width", 512, 528)],
+            "head_dim 528 (width 528 / heads 1) exceeds the limit of 512",
+        ),
+        (
+            ModelSpec { width: 2048, heads: 4, ..base },
+            &[("width", 2048, 2064), ("heads", 4, 8)],
+            "width must be a multiple of 16 in 16..=2048, not 2064",
+        ),
+        (
+            ModelSpec { mlp_width: 8192, ..base },
+            &[("mlp_width", 8192, 8208)],
+            "mlp_width must be a multiple of 16 in 16..=8192",
+        ),
+        (ModelSpec { layers: 64, ..base }, &[("layers", 64, 65)], "layers must be 1..=64"),
+        (ModelSpec { context_frames: 32, ..base }, &[("context_frames", 32, 33)], "context_frames must be 1..=32"),
+    ];
+    for (at, past, err) in cases {
+        let file = Weights::random(at, 1).unwrap().to_bytes().unwrap();
+        let t = Arc::new(Transformer::new(&Weights::from_bytes(&file).unwrap()));
+        // The engine runs at the limit: two steps, valid tables.
+        let mut p = Neural::new(t, 2);
+        for tok in [5, 9] {
+            assert_eq!(frequencies(&mut p).iter().map(|&f| u64::from(f)).sum::<u64>(), u64::from(TOTAL));
+            cvq::predict::Predictor::update(&mut p, tok);
+        }
+        let got = format!("{:#}", Weights::from_bytes(&forge_metadata(&file, past)).unwrap_err());
+        assert!(got.contains(err), "{past:?}: {got}");
+    }
+    let mut w = Weights::random(base, 1).unwrap();
+    w.layers[0].up.scale[3] = 256.0;
+    Weights::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    w.layers[0].up.scale[3] = f32::from_bits(256f32.to_bits() + 1);
+    let got = format!("{:#}", Weights::from_bytes(&w.to_bytes().unwrap()).unwrap_err());
+    assert!(got.contains("\"layers.0.mlp.up\".scale holds 256.00003, outside 0..=256"), "{got}");
+}

@@ -236,6 +236,10 @@ mod tests {
         assert!(err(b"\x93NUMPY\x01\x00\xff").contains("bad npy header"));
         assert!(err(b"hello").contains("bad npy header"));
         let wraps = npy_header("<i2", false, &[1 << 61, 8, 16]);
-        assert!(err(&wraps).contains("2305843009213693952 frames are more bytes than any file holds"), "{}", err(&wraps));
+        assert!(
+            err(&wraps).contains("2305843009213693952 frames are more bytes than any file holds"),
+            "{}",
+            err(&wraps)
+        );
     }
 }

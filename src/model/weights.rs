@@ -1,7 +1,7 @@
 //! Int8 weights in safetensors: each matrix `NAME` is int8 `[out, in]` with an f32 scale
 //! per output row in `NAME.scale`; gains and biases are f32. The spec is in the metadata.
 
-use super::spec::{Kind, ModelSpec};
+use super::spec::{Kind, ModelSpec, MAX_ROW_SCALE};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -284,7 +284,9 @@ fn read_f32(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
 fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> {
     let w = view(st, name, Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
     let scale = read_f32(st, &format!("{name}.scale"), &shape[..1])?;
-    ensure!(scale.iter().all(|&s| (0.0..=1.0e3).contains(&s)), "tensor {name:?}.scale holds a value outside 0..=1000");
+    if let Some(s) = scale.iter().find(|&&s| !(0.0..=MAX_ROW_SCALE).contains(&s)) {
+        bail!("tensor {name:?}.scale holds {s}, outside 0..={MAX_ROW_SCALE} (the limit that keeps the integer rescale within i64)");
+    }
     Ok(Linear { rows: shape[0], cols: shape[1], w, scale })
 }
 

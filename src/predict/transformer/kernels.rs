@@ -267,4 +267,18 @@ mod tests {
         portable::weighted_sum(&probs, &keys, 64, 32, &slots, &mut a2);
         assert_eq!(a1, a2);
     }
+
+    #[test]
+    fn sums_at_the_engine_limits_do_not_overflow() {
+        use crate::model::spec::{MAX_HEAD_DIM, MAX_ROW};
+        let top = 2047i16;
+        let (q, keys) = (vec![top; MAX_HEAD_DIM], vec![top; MAX_HEAD_DIM * 9]);
+        let mut s = vec![0; 9];
+        scores(&q, &keys, MAX_HEAD_DIM, 0, &(0..9).collect::<Vec<_>>(), &mut s);
+        assert!(s.iter().all(|&v| i64::from(v) == MAX_HEAD_DIM as i64 * 2047 * 2047), "{s:?}");
+        let (x, w) = (vec![-top; MAX_ROW * 5], vec![-128i16; MAX_ROW * 3]);
+        let mut o = vec![0; 15];
+        matmul(&x, MAX_ROW, &w, &mut o);
+        assert!(o.iter().all(|&v| i64::from(v) == MAX_ROW as i64 * 2047 * 128), "{o:?}");
+    }
 }
