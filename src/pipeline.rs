@@ -82,7 +82,16 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
     let coded: Vec<Vec<CodedSegment>> =
         segments.par_chunks(model.batch_size()).map(|chunk| encode_batch(model, chunk)).collect::<Result<_>>()?;
-    Ok(archive::write(&model.id(), &coded.concat()))
+    write_archive(model, &coded.concat())
+}
+
+/// Serialise coded segments and read the result back (index, headers, lengths, payload
+/// checksums): no archive that decompress would refuse is ever returned.
+pub fn write_archive(model: &Model, coded: &[CodedSegment]) -> Result<Vec<u8>> {
+    let bytes = archive::write(&model.id(), coded);
+    archive::parse(&bytes)
+        .context("the archive just written does not read back (a bug in cvq; nothing was written)")?;
+    Ok(bytes)
 }
 
 /// Decompress a whole archive in memory; `weights` are the neural model's, if it needs them.

@@ -8,7 +8,7 @@ mod plot;
 use crate::archive::{self, Archive, CodedSegment};
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
-use crate::pipeline::{archive_model, decode_batch, encode_batch};
+use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
 use crate::predict::transformer::Transformer;
 use crate::predict::Model;
 use anyhow::{bail, ensure, Context, Result};
@@ -286,13 +286,12 @@ fn build_archive(inputs: &[PathBuf], model: &Model, verify: bool) -> Result<(Vec
     files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
-    let bytes = archive::write(&model.id(), &coded);
+    let bytes = write_archive(model, &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
-    let bug = "the archive just written does not read back (a bug in cvq; nothing was written)";
-    let parsed = archive::parse(&bytes).context(bug)?;
     if verify {
-        decode_all(&parsed, model, "verify", |_, _| Ok(())).context(bug)?;
+        let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
+        decode_all(&archive::parse(&bytes)?, model, "verify", |_, _| Ok(())).context(failed)?;
         eprintln!("verified: every segment decodes to its token checksum");
     }
     Ok((bytes, tokens))
