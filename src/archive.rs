@@ -165,6 +165,8 @@ impl<'a> Reader<'a> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.take(1)?[0];
+            // The tenth byte holds bit 63 alone: more would be shifted out unseen.
+            ensure!(shift < 63 || b <= 1, "variable-length integer exceeds 64 bits");
             v |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
                 return Ok(v);
