@@ -321,6 +321,14 @@ mod tests {
     }
 
     #[test]
+    fn varints_past_64_bits_are_refused() {
+        let mut r = Reader { bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], pos: 0 };
+        assert_eq!(r.varint().unwrap(), u64::MAX);
+        let mut r = Reader { bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], pos: 0 };
+        assert_eq!(format!("{:#}", r.varint().unwrap_err()), "variable-length integer exceeds 64 bits");
+    }
+
+    #[test]
     fn path_names_are_refused() {
         for bad in ["", ".", "..", "../x", "a/b", "a\\b"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
