@@ -1,8 +1,13 @@
-//! Writes small valid archives to seed the fuzzer: `fuzz_seeds DIR`.
+//! Writes small valid archives to seed the fuzzer: `fuzz_seeds DIR`, each set of segments
+//! coded by the context mixer and by the neural and mixed models of the fuzz targets' seeded
+//! model.
 
 use cvq::data::Segment;
 use cvq::pipeline::compress_segments;
 use cvq::predict::Model;
+
+#[path = "../fuzz/fuzz_targets/seeded_model.rs"]
+mod seeded_model;
 
 fn main() -> anyhow::Result<()> {
     let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
@@ -14,8 +19,12 @@ fn main() -> anyhow::Result<()> {
         vec![Segment::int16("b_1", frames(3, 7)), Segment::int16("b_2", frames(1, 11))],
         vec![Segment::int16("empty", vec![])],
     ];
+    let t = seeded_model::seeded_model();
+    let models = [Model::ContextMix, Model::Neural(t.clone()), Model::Mixed(t)];
     for (i, segments) in sets.iter().enumerate() {
-        std::fs::write(format!("{dir}/seed{i}.cvq"), compress_segments(&Model::ContextMix, segments)?)?;
+        for m in &models {
+            std::fs::write(format!("{dir}/seed{i}-{}.cvq", m.name()), compress_segments(m, segments)?)?;
+        }
     }
     Ok(())
 }

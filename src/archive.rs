@@ -1,11 +1,13 @@
 //! The archive container: an index (model id, distinct npy headers, one entry per segment)
 //! followed by the segments' independent coded payloads. FORMAT.md is the specification.
 
+use crate::data::npy::parse_header;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 
 pub const MAGIC: &[u8; 4] = b"CVQA";
-pub const VERSION: u8 = 1;
+/// Version 2 added the payload checksum to each entry.
+pub const VERSION: u8 = 2;
 /// Largest segment accepted, in frames (about 55 minutes at 20 fps). Bounds what a forged
 /// archive can make the decoder do.
 pub const MAX_FRAMES: usize = 1 << 16;
@@ -25,6 +27,17 @@ pub struct CodedSegment {
     pub payload: Vec<u8>,
 }
 
+/// Every rule the parser enforces on one segment's name, npy header and frame count, for the
+/// writer to apply before coding: an archive is only written if it can be read back.
+pub fn check_segment(name: &str, header: &[u8], frames: usize) -> Result<()> {
+    check_name(name)?;
+    ensure!(header.len() <= MAX_HEADER, "npy header of {} bytes exceeds the limit of {MAX_HEADER}", header.len());
+    ensure!(frames <= MAX_FRAMES, "{frames} frames exceeds the limit of {MAX_FRAMES}");
+    let (_, header_frames) = parse_header(header).context("npy header")?;
+    ensure!(header_frames == frames, "{frames} frames, but its npy header says {header_frames}");
+    Ok(())
+}
+
 /// An entry of a parsed archive; `payload` is a range of the archive's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -32,6 +45,8 @@ pub struct Entry {
     pub header: usize,
     pub frames: usize,
     pub checksum: u32,
+    /// CRC-32 of the payload bytes, checked when the archive is parsed.
+    pub payload_checksum: u32,
     pub payload: std::ops::Range<usize>,
 }
 
@@ -75,6 +90,7 @@ pub fn write(model_id: &[u8; 32], segments: &[CodedSegment]) -> Vec<u8> {
         put_varint(&mut out, href as u64);
         put_varint(&mut out, s.frames as u64);
         put_varint(&mut out, s.payload.len() as u64);
+        out.extend_from_slice(&crc32fast::hash(&s.payload).to_le_bytes());
         out.extend_from_slice(&s.checksum.to_le_bytes());
     }
     let index_crc = crc32fast::hash(&out);
@@ -85,12 +101,16 @@ pub fn write(model_id: &[u8; 32], segments: &[CodedSegment]) -> Vec<u8> {
     out
 }
 
-/// Parse and validate an archive's index. Payloads are checked when decoded.
+/// Parse and validate an archive: its index, every entry against `check_segment`'s rules, and
+/// every payload against its checksum, so damage is found before any decoding.
 pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
     let mut r = Reader { bytes, pos: 0 };
     ensure!(r.take(4).ok() == Some(&MAGIC[..]), "not a cvq archive (bad magic)");
     let version = r.take(1)?[0];
-    ensure!(version == VERSION, "archive format version {version} is not supported (this cvq reads {VERSION})");
+    ensure!(
+        version == VERSION,
+        "archive format version {version} is not supported: this cvq reads version {VERSION} only (compress the segments again with this cvq)"
+    );
     let model_id: [u8; 32] = r.take(32)?.try_into().unwrap();
     let n_headers = r.count("header count")?;
     let headers = (0..n_headers)
@@ -101,14 +121,14 @@ pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
     let mut names = std::collections::HashSet::new();
     let mut offset = 0usize;
     for i in 0..n_segments {
-        let e = r.entry(offset, headers.len()).with_context(|| format!("index entry of segment {i}"))?;
+        let e = r.entry(offset, &headers).with_context(|| format!("index entry of segment {i}"))?;
         // Segments are restored by name: two of one name would overwrite each other.
         ensure!(names.insert(e.name.clone()), "index entry of segment {i}: name {:?} is used twice", e.name);
         offset = e.payload.end;
         entries.push(e);
     }
     let index_end = r.pos;
-    let stored_crc = u32::from_le_bytes(r.take(4).context("index checksum")?.try_into().unwrap());
+    let stored_crc = r.u32().context("index checksum")?;
     ensure!(crc32fast::hash(&bytes[..index_end]) == stored_crc, "archive index is corrupt (checksum mismatch)");
     let base = r.pos;
     ensure!(
@@ -116,8 +136,14 @@ pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
         "archive holds {} payload bytes but its index lists {offset}: truncated or extended",
         bytes.len() - base
     );
-    for e in &mut entries {
+    // Every offset is at most `offset`, which was just found equal to bytes left: no overflow.
+    for (i, e) in entries.iter_mut().enumerate() {
         e.payload = e.payload.start + base..e.payload.end + base;
+        ensure!(
+            crc32fast::hash(&bytes[e.payload.clone()]) == e.payload_checksum,
+            "segment {i} ({}): payload is damaged (payload checksum mismatch)",
+            e.name
+        );
     }
     Ok(Archive { model_id, headers, entries, bytes })
 }
@@ -139,6 +165,8 @@ impl<'a> Reader<'a> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.take(1)?[0];
+            // The tenth byte holds bit 63 alone: more would be shifted out unseen.
+            ensure!(shift < 63 || b <= 1, "variable-length integer exceeds 64 bits");
             v |= u64::from(b & 0x7f) << shift;
             if b < 0x80 {
                 return Ok(v);
@@ -160,23 +188,33 @@ impl<'a> Reader<'a> {
         self.take(n as usize)
     }
 
-    fn entry(&mut self, offset: usize, n_headers: usize) -> Result<Entry> {
+    fn entry(&mut self, offset: usize, headers: &[&[u8]]) -> Result<Entry> {
         let name = std::str::from_utf8(self.bytes(MAX_NAME)?).context("name is not UTF-8")?;
         check_name(name)?;
         let header = self.varint()?;
+        let n_headers = headers.len();
         ensure!(header < n_headers as u64, "header reference {header} out of range ({n_headers} headers)");
-        let frames = self.varint()?;
-        ensure!(frames <= MAX_FRAMES as u64, "{frames} frames exceeds the limit of {MAX_FRAMES}");
+        // Saturating, so a 32-bit target refuses a count past its usize as too many frames.
+        let frames = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+        check_segment(name, headers[header as usize], frames)?;
         let len = self.varint()?;
-        ensure!(len <= self.bytes.len() as u64, "payload length {len} exceeds the archive's size");
-        let checksum = u32::from_le_bytes(self.take(4)?.try_into().unwrap());
+        let end = usize::try_from(len).ok().and_then(|len| offset.checked_add(len));
+        let end = end.filter(|&end| end <= self.bytes.len());
+        let end = end.with_context(|| format!("payload length {len} exceeds the archive's size"))?;
+        let payload_checksum = self.u32()?;
+        let checksum = self.u32()?;
         Ok(Entry {
             name: name.to_string(),
             header: header as usize,
-            frames: frames as usize,
+            frames,
             checksum,
-            payload: offset..offset + len as usize,
+            payload_checksum,
+            payload: offset..end,
         })
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
 }
 
@@ -216,17 +254,18 @@ pub fn token_checksum(tokens: &[u16]) -> u32 {
 mod tests {
     use super::*;
 
-    fn seg(name: &str, header: &[u8], payload: &[u8]) -> CodedSegment {
-        CodedSegment { name: name.into(), header: header.to_vec(), frames: 3, checksum: 7, payload: payload.to_vec() }
+    fn seg(name: &str, descr: &str, payload: &[u8]) -> CodedSegment {
+        let header = crate::data::npy::npy_header(descr, false, &[3, 8, 16]);
+        CodedSegment { name: name.into(), header, frames: 3, checksum: 7, payload: payload.to_vec() }
     }
 
     #[test]
     fn index_round_trips_and_headers_are_shared() {
-        let segs = [seg("a", b"H1", b"xyz"), seg("b_13", b"H1", b""), seg("c", b"H2", b"pq")];
+        let segs = [seg("a", "<i2", b"xyz"), seg("b_13", "<i2", b""), seg("c", ">i2", b"pq")];
         let bytes = write(&[9; 32], &segs);
         let a = parse(&bytes).unwrap();
         assert_eq!(a.model_id, [9; 32]);
-        assert_eq!(a.headers, vec![&b"H1"[..], &b"H2"[..]]);
+        assert_eq!(a.headers, vec![&segs[0].header[..], &segs[2].header[..]]);
         let names: Vec<_> = a.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a", "b_13", "c"]);
         assert_eq!(a.payload(&a.entries[0]), b"xyz");
@@ -236,7 +275,7 @@ mod tests {
 
     #[test]
     fn damaged_index_is_an_error() {
-        let bytes = write(&[0; 32], &[seg("a", b"H", b"payload")]);
+        let bytes = write(&[0; 32], &[seg("a", "<i2", b"payload")]);
         for cut in 0..bytes.len() {
             assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -247,6 +286,46 @@ mod tests {
         flipped[40] ^= 1;
         assert!(parse(&flipped).is_err());
         assert!(format!("{:#}", parse(b"PK\x03\x04").err().unwrap()).contains("not a cvq archive"));
+    }
+
+    #[test]
+    fn damaged_payloads_and_old_versions_are_named() {
+        let bytes = write(&[0; 32], &[seg("a", "<i2", b"xyz"), seg("b", "<i2", b"payload")]);
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let err = format!("{:#}", parse(&flipped).err().unwrap());
+        assert_eq!(err, "segment 1 (b): payload is damaged (payload checksum mismatch)");
+        let mut old = bytes.clone();
+        old[4] = 1;
+        assert!(format!("{:#}", parse(&old).err().unwrap()).contains("format version 1 is not supported"));
+    }
+
+    #[test]
+    fn forged_lengths_are_errors_not_overflows() {
+        for len in [u64::MAX, u64::MAX - 2, 1 << 40] {
+            let mut index = MAGIC.to_vec();
+            index.push(VERSION);
+            index.extend([0; 32]);
+            put_varint(&mut index, 1);
+            put_bytes(&mut index, &seg("a", "<i2", b"").header);
+            put_varint(&mut index, 1);
+            put_bytes(&mut index, b"a");
+            index.extend([0, 3]);
+            put_varint(&mut index, len);
+            index.extend([0; 8]);
+            let crc = crc32fast::hash(&index);
+            index.extend(crc.to_le_bytes());
+            let err = format!("{:#}", parse(&index).err().unwrap());
+            assert!(err.contains("exceeds the archive's size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn varints_past_64_bits_are_refused() {
+        let mut r = Reader { bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], pos: 0 };
+        assert_eq!(r.varint().unwrap(), u64::MAX);
+        let mut r = Reader { bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], pos: 0 };
+        assert_eq!(format!("{:#}", r.varint().unwrap_err()), "variable-length integer exceeds 64 bits");
     }
 
     #[test]

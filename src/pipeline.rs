@@ -5,7 +5,7 @@
 
 use crate::archive::{self, Archive, CodedSegment};
 use crate::code;
-use crate::data::{npy::parse_header, Segment, TOKENS_PER_FRAME};
+use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Model};
 use anyhow::{bail, ensure, Context, Result};
@@ -15,14 +15,7 @@ use std::sync::Arc;
 /// Code one lockstep batch of segments.
 pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegment>> {
     for seg in segments {
-        archive::check_name(&seg.name)?;
-        let frames = seg.frames();
-        ensure!(
-            frames <= archive::MAX_FRAMES,
-            "{}: {frames} frames exceeds the limit of {}",
-            seg.name,
-            archive::MAX_FRAMES
-        );
+        archive::check_segment(&seg.name, &seg.header, seg.frames()).with_context(|| seg.name.clone())?;
     }
     let sizes: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
     let tokens: Vec<&[u16]> = segments.iter().map(|s| s.tokens.as_slice()).collect();
@@ -66,28 +59,20 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
     let entries: Vec<&archive::Entry> = indices.iter().map(|&i| &archive.entries[i]).collect();
     let counts: Vec<usize> = entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).collect();
     let payloads: Vec<&[u8]> = entries.iter().map(|e| archive.payload(e)).collect();
-    // A bad header fails its segment before any decoding.
-    let headers: Vec<Result<&[u8]>> = entries
-        .iter()
-        .map(|e| {
-            let header = archive.headers[e.header];
-            let (_, frames) = parse_header(header).context("stored npy header")?;
-            ensure!(frames == e.frames, "index says {} frames, its npy header {frames}", e.frames);
-            Ok(header)
-        })
-        .collect();
-    let usable: Vec<usize> = counts.iter().zip(&headers).map(|(&n, h)| if h.is_ok() { n } else { 0 }).collect();
-    let decoded = code::decode(&mut model.batch(&usable), &payloads, &usable);
+    // `archive::parse` checked every header against its entry and every payload's checksum.
+    let decoded = code::decode(&mut model.batch(&counts), &payloads, &counts);
     indices
         .iter()
         .zip(entries)
-        .zip(headers.into_iter().zip(decoded))
-        .map(|((&i, e), (header, tokens))| {
-            let segment = (|| {
-                let (header, tokens) = (header?, tokens?);
-                ensure!(archive::token_checksum(&tokens) == e.checksum, "checksum mismatch: the data is corrupt");
-                Ok(Segment { name: e.name.clone(), header: header.to_vec(), tokens })
-            })();
+        .zip(decoded)
+        .map(|((&i, e), tokens)| {
+            let segment = tokens.and_then(|tokens| {
+                ensure!(
+                    archive::token_checksum(&tokens) == e.checksum,
+                    "token checksum mismatch: the payload was intact, so the decoder is not the encoder's (lost determinism)"
+                );
+                Ok(Segment { name: e.name.clone(), header: archive.headers[e.header].to_vec(), tokens })
+            });
             segment.with_context(|| format!("segment {i} ({})", e.name))
         })
         .collect()
@@ -97,7 +82,16 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
     let coded: Vec<Vec<CodedSegment>> =
         segments.par_chunks(model.batch_size()).map(|chunk| encode_batch(model, chunk)).collect::<Result<_>>()?;
-    Ok(archive::write(&model.id(), &coded.concat()))
+    write_archive(model, &coded.concat())
+}
+
+/// Serialise coded segments and read the result back (index, headers, lengths, payload
+/// checksums): no archive that decompress would refuse is ever returned.
+pub fn write_archive(model: &Model, coded: &[CodedSegment]) -> Result<Vec<u8>> {
+    let bytes = archive::write(&model.id(), coded);
+    archive::parse(&bytes)
+        .context("the archive just written does not read back (a bug in cvq; nothing was written)")?;
+    Ok(bytes)
 }
 
 /// Decompress a whole archive in memory; `weights` are the neural model's, if it needs them.

@@ -154,3 +154,56 @@ fn pack_refuses_a_bad_decoder_and_an_existing_zip() {
     assert!(stderr(&pack(&xz)).contains("already exists (use --force"));
     assert_eq!(std::fs::read(&zip).unwrap(), b"keep me");
 }
+
+/// An npy file of `header` (dictionary `dict`, npy version 1 or 2) and `data`.
+fn crafted_npy(version: u8, dict: &str, pad_to: usize, data: &[u8]) -> Vec<u8> {
+    let prefix = if version == 1 { 10 } else { 12 };
+    let mut dict = dict.as_bytes().to_vec();
+    dict.resize(pad_to - prefix - 1, b' ');
+    dict.push(b'\n');
+    let mut out = vec![0x93, b'N', b'U', b'M', b'P', b'Y', version, 0];
+    match version {
+        1 => out.extend((dict.len() as u16).to_le_bytes()),
+        _ => out.extend((dict.len() as u32).to_le_bytes()),
+    }
+    out.extend(dict);
+    out.extend(data);
+    out
+}
+
+#[test]
+fn files_the_archive_could_not_restore_are_refused_before_coding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("a.cvq");
+    // 2^61 frames of 128 int16 tokens: 2^69 bytes, which wrapped to 0 unchecked.
+    let wraps = tmp.path().join("wraps.npy");
+    let dict = "{'descr': '<i2', 'fortran_order': False, 'shape': (2305843009213693952, 8, 16), }";
+    std::fs::write(&wraps, crafted_npy(1, dict, 128, &[])).unwrap();
+    let c = cvq(&["compress", p(&wraps), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(!c.status.success());
+    assert!(stderr(&c).contains("wraps.npy: not a valid token segment: header's 2305843009213693952 frames are more bytes than any file holds"), "{}", stderr(&c));
+    // A valid npy v2 file whose header is longer than an archive may store.
+    let long = tmp.path().join("long_header.npy");
+    let dict = "{'descr': '<i2', 'fortran_order': False, 'shape': (1, 8, 16), }";
+    std::fs::write(&long, crafted_npy(2, dict, 65_600, &[0; 256])).unwrap();
+    let c = cvq(&["compress", p(&long), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(!c.status.success());
+    assert!(
+        stderr(&c).contains("long_header.npy: npy header of 65600 bytes exceeds the limit of 65536"),
+        "{}",
+        stderr(&c)
+    );
+    assert!(!archive.exists(), "no archive is left behind");
+}
+
+#[test]
+fn verify_decodes_the_archive_before_writing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    let c = cvq(&["compress", p(&input), "-o", p(&archive), "--predictor", "context-mix", "--verify"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(stderr(&c).contains("verified: every segment decodes to its token checksum"), "{}", stderr(&c));
+    assert!(archive.exists());
+}

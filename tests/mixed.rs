@@ -32,9 +32,17 @@ fn clip_round_trips_and_matches_golden_hash() {
     // the reason, never to pass.
     let hash: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hash, GOLDEN_MIXED_CLIP);
+    // A flipped payload byte is named as damage before any decoding (it used to take seconds
+    // of decoding to surface as a decoder error).
+    let mut damaged = bytes.clone();
+    damaged[bytes.len() / 2] ^= 0x10;
+    let err = format!("{:#}", decompress_segments(&damaged, m.transformer()).unwrap_err());
+    assert_eq!(err, "segment 0 (clip.npy): payload is damaged (payload checksum mismatch)");
 }
 
-const GOLDEN_MIXED_CLIP: &str = "40d2676eadb9b7fa07601d65b30db57a9ba10ab14d6920ab2a0480ffd5fb6045";
+/// Last changed by format version 2 (payload checksums) and the model id's canonical
+/// encoding (FORMAT.md section 4), which moved this model's id; the payload is unchanged.
+const GOLDEN_MIXED_CLIP: &str = "d946d60bdea2443abe783f9c3f0a980a2e822654182ccf5cda3643c11e89ca78";
 
 #[test]
 fn a_useless_network_costs_little() {

@@ -205,3 +205,130 @@ fn integer_model_stays_within_one_percent_of_float() {
         assert!(mean_abs < 0.02, "tokens differ by {mean_abs} bits on average");
     }
 }
+
+/// The model id as FORMAT.md section 4 specifies it, written again from the text alone.
+fn model_id_from_the_spec(file: &[u8]) -> [u8; 32] {
+    let st = safetensors::SafeTensors::deserialize(file).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(file).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let field = |k: &str| meta[k].parse::<u64>().unwrap();
+    let mut enc: Vec<u8> = vec![];
+    let string = |enc: &mut Vec<u8>, s: &str| {
+        enc.extend((s.len() as u32).to_le_bytes());
+        enc.extend(s.as_bytes());
+    };
+    string(&mut enc, "cvq-gpt-int8-1");
+    for k in ["layers", "width", "heads", "context_frames", "mlp_width"] {
+        enc.extend(field(k).to_le_bytes());
+    }
+    let mut names = vec!["tok_prev", "tok_same", "pos"].into_iter().map(String::from).collect::<Vec<_>>();
+    for l in 0..field("layers") {
+        for t in ["norm1.gain", "attn.qkv", "attn.frame_bias", "attn.out", "norm2.gain", "mlp.up", "mlp.down"] {
+            names.push(format!("layers.{l}.{t}"));
+        }
+    }
+    names.extend(["norm_out.gain".to_string(), "head_bias".to_string()]);
+    let names: Vec<String> = names
+        .into_iter()
+        .flat_map(|n| {
+            let scale = format!("{n}.scale");
+            if st.tensor(&scale).is_ok() {
+                vec![n, scale]
+            } else {
+                vec![n]
+            }
+        })
+        .collect();
+    enc.extend((names.len() as u64).to_le_bytes());
+    for n in &names {
+        let t = st.tensor(n).unwrap();
+        string(&mut enc, n);
+        string(&mut enc, if t.dtype() == safetensors::Dtype::I8 { "I8" } else { "F32" });
+        enc.extend((t.shape().len() as u64).to_le_bytes());
+        t.shape().iter().for_each(|&d| enc.extend((d as u64).to_le_bytes()));
+        enc.extend((t.data().len() as u64).to_le_bytes());
+        enc.extend(t.data());
+    }
+    Sha256::digest(&enc).into()
+}
+
+#[test]
+fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
+    let file = Weights::random(SMALL, 1).unwrap().to_bytes().unwrap();
+    for _ in 0..4 {
+        // Each call builds a fresh metadata HashMap, with its own iteration order.
+        assert_eq!(Weights::random(SMALL, 1).unwrap().to_bytes().unwrap(), file);
+    }
+    // Pins the file and the id. Update deliberately, with the reason, never to pass.
+    assert_eq!(hex(&Sha256::digest(&file)), GOLDEN_RANDOM_FILE);
+    let w = Weights::from_bytes(&file).unwrap();
+    assert_eq!(w.hash, model_id_from_the_spec(&file));
+    assert_eq!(hex(&w.hash), GOLDEN_RANDOM_ID);
+    // The built-in weights were written before metadata was sorted: they load, and keep
+    // their id when written again in the sorted form.
+    if let Some(default) = cvq::model::default_weights() {
+        let w = Weights::from_bytes(default).unwrap();
+        assert_eq!(w.hash, model_id_from_the_spec(default));
+        assert_eq!(Weights::from_bytes(&w.to_bytes().unwrap()).unwrap().hash, w.hash);
+    }
+}
+
+const GOLDEN_RANDOM_FILE: &str = "a95cb076b8886af18dc167c562e628caa34163cd94a63341fe4d281666302017";
+const GOLDEN_RANDOM_ID: &str = "b31f0d57c295d57204d870e1256109d2e6ea15f9c52a46e7d510f88845a59f16";
+
+/// `file` with metadata values replaced (each by one of the same length, so offsets stay put).
+/// Metadata fields to forge: key, value in the file, value to put there.
+type Forged<'a> = &'a [(&'a str, usize, usize)];
+
+fn forge_metadata(file: &[u8], fields: Forged) -> Vec<u8> {
+    let mut out = file.to_vec();
+    for (key, from, to) in fields {
+        let (from, to) = (format!("\"{key}\":\"{from}\""), format!("\"{key}\":\"{to}\""));
+        assert_eq!(from.len(), to.len());
+        let at = out.windows(from.len()).position(|w| w == from.as_bytes()).expect("metadata field");
+        out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    }
+    out
+}
+
+#[test]
+fn weights_load_at_each_limit_and_not_past_it() {
+    let base = ModelSpec { layers: 1, width: 16, heads: 1, context_frames: 1, mlp_width: 16 };
+    let cases: [(ModelSpec, Forged, &str); 5] = [
+        (
+            ModelSpec { width: 512, ..base },
+            &[("width", 512, 528)],
+            "head_dim 528 (width 528 / heads 1) exceeds the limit of 512",
+        ),
+        (
+            ModelSpec { width: 2048, heads: 4, ..base },
+            &[("width", 2048, 2064), ("heads", 4, 8)],
+            "width must be a multiple of 16 in 16..=2048, not 2064",
+        ),
+        (
+            ModelSpec { mlp_width: 8192, ..base },
+            &[("mlp_width", 8192, 8208)],
+            "mlp_width must be a multiple of 16 in 16..=8192",
+        ),
+        (ModelSpec { layers: 64, ..base }, &[("layers", 64, 65)], "layers must be 1..=64"),
+        (ModelSpec { context_frames: 32, ..base }, &[("context_frames", 32, 33)], "context_frames must be 1..=32"),
+    ];
+    for (at, past, err) in cases {
+        let file = Weights::random(at, 1).unwrap().to_bytes().unwrap();
+        let t = Arc::new(Transformer::new(&Weights::from_bytes(&file).unwrap()));
+        // The engine runs at the limit: two steps, valid tables.
+        let mut p = Neural::new(t, 2);
+        for tok in [5, 9] {
+            assert_eq!(frequencies(&mut p).iter().map(|&f| u64::from(f)).sum::<u64>(), u64::from(TOTAL));
+            cvq::predict::Predictor::update(&mut p, tok);
+        }
+        let got = format!("{:#}", Weights::from_bytes(&forge_metadata(&file, past)).unwrap_err());
+        assert!(got.contains(err), "{past:?}: {got}");
+    }
+    let mut w = Weights::random(base, 1).unwrap();
+    w.layers[0].up.scale[3] = 256.0;
+    Weights::from_bytes(&w.to_bytes().unwrap()).unwrap();
+    w.layers[0].up.scale[3] = f32::from_bits(256f32.to_bits() + 1);
+    let got = format!("{:#}", Weights::from_bytes(&w.to_bytes().unwrap()).unwrap_err());
+    assert!(got.contains("\"layers.0.mlp.up\".scale holds 256.00003, outside 0..=256"), "{got}");
+}

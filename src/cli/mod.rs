@@ -6,10 +6,10 @@ mod pack;
 mod plot;
 mod synth;
 
-use crate::archive::{self, CodedSegment};
-use crate::data::TOKENS_PER_FRAME;
+use crate::archive::{self, Archive, CodedSegment};
+use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
-use crate::pipeline::{archive_model, decode_batch, encode_batch};
+use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
 use crate::predict::transformer::Transformer;
 use crate::predict::Model;
 use anyhow::{bail, ensure, Context, Result};
@@ -44,6 +44,8 @@ enum Command {
         model: ModelOpts,
         #[command(flatten)]
         run: RunOpts,
+        #[command(flatten)]
+        verify: VerifyOpt,
     },
     /// Build the challenge submission zip: the archive, decompress.py, the static decoder and
     /// the weights the archive needs; prints the size of each and the score.
@@ -60,6 +62,8 @@ enum Command {
         model: ModelOpts,
         #[command(flatten)]
         run: RunOpts,
+        #[command(flatten)]
+        verify: VerifyOpt,
     },
     /// Restore every segment of an archive into a directory, byte for byte.
     Decompress {
@@ -208,16 +212,24 @@ struct RunOpts {
     force: bool,
 }
 
+#[derive(Args)]
+struct VerifyOpt {
+    /// Decode the whole archive before writing it, and fail unless every segment comes back
+    /// with its token checksum (the index is always read back).
+    #[arg(long)]
+    verify: bool,
+}
+
 pub fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Compress { inputs, output, model, run } => {
-            with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force))
+        Command::Compress { inputs, output, model, run, verify } => {
+            with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force, verify.verify))
         }
-        Command::Pack { inputs, output, decoder, model, run } => with_threads(run.threads, || {
+        Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
             files::check_writable(&output, run.force)?;
             let decoder = pack::read_decoder(&decoder)?;
             let (model, weights) = model.load_with_bytes()?;
-            let (archive, tokens) = build_archive(&inputs, &model)?;
+            let (archive, tokens) = build_archive(&inputs, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
         Command::Decompress { archive, output, weights, run } => {
@@ -296,22 +308,53 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
     Ok(coded.concat())
 }
 
-/// Code the segments of `inputs` into an archive; returns it with its token count.
-fn build_archive(inputs: &[PathBuf], model: &Model) -> Result<(Vec<u8>, usize)> {
+/// Code the segments of `inputs` into an archive; returns it with its token count. The archive
+/// is read back (index, headers, lengths, payload checksums) before it counts as written, and
+/// with `verify` also decoded whole.
+fn build_archive(inputs: &[PathBuf], model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
     let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
     files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
-    let bytes = archive::write(&model.id(), &coded);
+    let bytes = write_archive(model, &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    if verify {
+        let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
+        decode_all(&archive::parse(&bytes)?, model, "verify", |_, _| Ok(())).context(failed)?;
+        eprintln!("verified: every segment decodes to its token checksum");
+    }
     Ok((bytes, tokens))
 }
 
-fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool) -> Result<()> {
+fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool, verify: bool) -> Result<()> {
     files::check_writable(output, force)?;
-    let (bytes, _) = build_archive(inputs, model)?;
+    let (bytes, _) = build_archive(inputs, model, verify)?;
     files::write_atomic(output, &bytes, force)
+}
+
+/// Decode every segment of `archive`, a lockstep batch per worker, handing each to `sink`
+/// with its index; stops at the first error.
+fn decode_all(
+    archive: &Archive,
+    model: &Model,
+    what: &str,
+    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
+) -> Result<()> {
+    let bar = progress(archive.entries.len(), what);
+    let indices: Vec<usize> = (0..archive.entries.len()).collect();
+    let max_tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).max().unwrap_or(0);
+    worker_pool(model, max_tokens)?.install(|| {
+        indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
+            for (&i, seg) in chunk.iter().zip(decode_batch(archive, model, chunk)) {
+                sink(i, seg?)?;
+            }
+            bar.inc(chunk.len() as u64);
+            Ok(())
+        })
+    })?;
+    bar.finish_and_clear();
+    Ok(())
 }
 
 fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool) -> Result<()> {
@@ -327,19 +370,8 @@ fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool
         files::check_writable(t, force)?;
     }
     let start = Instant::now();
-    let bar = progress(targets.len(), "decompress");
-    let indices: Vec<usize> = (0..targets.len()).collect();
-    let max_tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).max().unwrap_or(0);
-    worker_pool(&model, max_tokens)?.install(|| {
-        indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
-            for (&i, seg) in chunk.iter().zip(decode_batch(&archive, &model, chunk)) {
-                files::write_atomic(&targets[i], &seg.with_context(at)?.to_npy_bytes()?, force)?;
-            }
-            bar.inc(chunk.len() as u64);
-            Ok(())
-        })
-    })?;
-    bar.finish_and_clear();
+    decode_all(&archive, &model, "decompress", |i, seg| files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force))
+        .with_context(at)?;
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
     eprintln!("{}", summary("decompressed", targets.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
     Ok(())

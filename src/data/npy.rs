@@ -4,7 +4,7 @@
 //! exactly. The header is parsed with npyz; the data bytes are decoded here because the
 //! original dtype and byte order must be preserved.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use npyz::{DType, Endianness, NpyHeader, Order, TypeChar};
 use std::path::Path;
 
@@ -93,7 +93,10 @@ pub fn parse_segment(name: String, bytes: &[u8]) -> Result<Segment> {
     let header = bytes[..header_len].to_vec();
     let (layout, frames) = parse_header(&header)?;
     let data = &bytes[header_len..];
-    let expected = frames * TOKENS_PER_FRAME * layout.bytes;
+    // Checked: a forged shape must not wrap to a small byte count and pass for an empty file.
+    let expected = frames
+        .checked_mul(TOKENS_PER_FRAME * layout.bytes)
+        .with_context(|| format!("header's {frames} frames are more bytes than any file holds"))?;
     if data.len() < expected {
         bail!("truncated: header promises {expected} data bytes, file has {}", data.len());
     }
@@ -113,14 +116,33 @@ pub fn parse_segment(name: String, bytes: &[u8]) -> Result<Segment> {
 /// Length of the header (everything before the data), found by letting npyz parse it.
 fn header_len(bytes: &[u8]) -> Result<usize> {
     let mut rest = bytes;
-    NpyHeader::from_reader(&mut rest).context("bad npy header")?;
+    read_npy_header(&mut rest)?;
     Ok(bytes.len() - rest.len())
+}
+
+/// npyz's header parse, once the length the preamble declares is known to be there: npyz
+/// allocates that length up front, so a forged one (up to 4 GB in npy version 2 and 3) would
+/// cost that much memory before failing.
+fn read_npy_header(bytes: &mut &[u8]) -> Result<NpyHeader> {
+    let declared = match bytes.get(..12) {
+        Some([0x93, b'N', b'U', b'M', b'P', b'Y', 1, _, a, b, ..]) => 10 + usize::from(u16::from_le_bytes([*a, *b])),
+        Some([0x93, b'N', b'U', b'M', b'P', b'Y', 2 | 3, _, a, b, c, d]) => {
+            12 + u32::from_le_bytes([*a, *b, *c, *d]) as usize
+        }
+        _ => 0, // npyz names the problem
+    };
+    ensure!(
+        declared <= bytes.len(),
+        "bad npy header: it declares a header of {declared} bytes, but only {} are there",
+        bytes.len()
+    );
+    NpyHeader::from_reader(bytes).context("bad npy header")
 }
 
 /// Check a header describes a supported token array; return its layout and frame count.
 pub fn parse_header(header: &[u8]) -> Result<(Layout, usize)> {
     let mut rest = header;
-    let h = NpyHeader::from_reader(&mut rest).context("bad npy header")?;
+    let h = read_npy_header(&mut rest)?;
     if !rest.is_empty() {
         bail!("npy header has {} bytes past its declared length", rest.len());
     }
@@ -232,5 +254,14 @@ mod tests {
         assert!(err(&npy("<i2", false, &[1, 128], &[0; 257])).contains("unexpected bytes"));
         assert!(err(b"\x93NUMPY\x01\x00\xff").contains("bad npy header"));
         assert!(err(b"hello").contains("bad npy header"));
+        let mut forged = npy_header("<i2", false, &[1, 128]);
+        forged[6..12].copy_from_slice(&[3, 0, 0x8a, 0xff, 0x84, 0xa4]);
+        assert_eq!(err(&forged), "bad npy header: it declares a header of 2760179606 bytes, but only 128 are there");
+        let wraps = npy_header("<i2", false, &[1 << 61, 8, 16]);
+        assert!(
+            err(&wraps).contains("2305843009213693952 frames are more bytes than any file holds"),
+            "{}",
+            err(&wraps)
+        );
     }
 }

@@ -25,6 +25,24 @@ use crate::data::{TOKENS_PER_FRAME, VOCAB};
 pub const BOS: usize = VOCAB;
 /// Input vocabulary: the 1024 token values and BOS.
 pub const INPUT_VOCAB: usize = VOCAB + 1;
+/// The weights format, as the metadata's "format" names it; also the model id's first field.
+pub const FORMAT: &str = "cvq-gpt-int8-1";
+/// The integer engine's limits (FORMAT.md section 3.2.1 derives them; the engine asserts the
+/// arithmetic ones at compile time). Largest attention head: a score sums `head_dim` products
+/// of two 12-bit activations, 512 x 2047^2 < 2^31.
+pub const MAX_HEAD_DIM: usize = 512;
+/// Longest row of any matrix (its input width: `width` or `mlp_width`): a sum of `cols`
+/// products of a 12-bit activation and an int8 weight, 8192 x 2047 x 128 < 2^31.
+pub const MAX_ROW: usize = 8192;
+/// Largest residual width.
+pub const MAX_WIDTH: usize = 2048;
+/// Largest row scale of an int8 matrix: the rescale multiplies a sum (< 2^31) by the scale in
+/// Q24 (<= 2^32) in i64, with a rounding term below 2^35.
+pub const MAX_ROW_SCALE: f32 = 256.0;
+/// Deepest model and longest context: no arithmetic limit, but they bound the key/value cache
+/// (`kv_cache_bytes`), which the memory plan counts.
+pub const MAX_LAYERS: usize = 64;
+pub const MAX_CONTEXT_FRAMES: usize = 32;
 /// RMSNorm's epsilon, 2^-16.
 pub const NORM_EPS_LOG2: u32 = 16;
 
@@ -59,8 +77,13 @@ impl ModelSpec {
         (self.context_frames + 1) * TOKENS_PER_FRAME
     }
 
+    /// Enforce the limits of FORMAT.md section 3.2.1, each named in its error.
     pub fn validate(&self) -> Result<()> {
-        ensure!((1..=64).contains(&self.layers), "layers must be 1..=64, not {}", self.layers);
+        ensure!(
+            (1..=MAX_LAYERS).contains(&self.layers),
+            "layers must be 1..={MAX_LAYERS} (the limit that bounds the key/value cache), not {}",
+            self.layers
+        );
         ensure!(
             self.heads >= 1 && self.width.is_multiple_of(self.heads),
             "width {} is not a multiple of heads {}",
@@ -68,17 +91,34 @@ impl ModelSpec {
             self.heads
         );
         ensure!(
-            self.width.is_multiple_of(16) && (16..=2048).contains(&self.width),
-            "width must be a multiple of 16 in 16..=2048, not {}",
+            self.width.is_multiple_of(16) && (16..=MAX_WIDTH).contains(&self.width),
+            "width must be a multiple of 16 in 16..={MAX_WIDTH}, not {}",
             self.width
         );
         ensure!(
-            self.mlp_width.is_multiple_of(16) && (16..=8192).contains(&self.mlp_width),
-            "mlp_width must be a multiple of 16 in 16..=8192, not {}",
+            self.head_dim() <= MAX_HEAD_DIM,
+            "head_dim {} (width {} / heads {}) exceeds the limit of {MAX_HEAD_DIM} (attention scores would overflow i32)",
+            self.head_dim(),
+            self.width,
+            self.heads
+        );
+        ensure!(
+            self.mlp_width.is_multiple_of(16) && (16..=MAX_ROW).contains(&self.mlp_width),
+            "mlp_width must be a multiple of 16 in 16..={MAX_ROW} (longer rows would overflow i32 sums), not {}",
             self.mlp_width
         );
-        ensure!((1..=32).contains(&self.context_frames), "context_frames must be 1..=32, not {}", self.context_frames);
+        ensure!(
+            (1..=MAX_CONTEXT_FRAMES).contains(&self.context_frames),
+            "context_frames must be 1..={MAX_CONTEXT_FRAMES} (the limit that bounds the key/value cache), not {}",
+            self.context_frames
+        );
         Ok(())
+    }
+
+    /// Bytes of one segment's key/value cache: per layer, keys and values of `window()` slots,
+    /// each `width` i16 values and one i32 shift per head.
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.layers * 2 * self.window() * (self.width * 2 + self.heads * 4)
     }
 
     /// Every tensor of the model: name, shape and kind. The trainer exports exactly these.
@@ -107,7 +147,7 @@ impl ModelSpec {
     /// The spec as safetensors metadata.
     pub fn to_metadata(&self) -> HashMap<String, String> {
         [
-            ("format", "cvq-gpt-int8-1".to_string()),
+            ("format", FORMAT.to_string()),
             ("layers", self.layers.to_string()),
             ("width", self.width.to_string()),
             ("heads", self.heads.to_string()),
@@ -127,7 +167,7 @@ impl ModelSpec {
                 .with_context(|| format!("metadata {k:?} is not a number"))
         };
         let format = meta.get("format").map(String::as_str);
-        ensure!(format == Some("cvq-gpt-int8-1"), "metadata format is {format:?}, expected \"cvq-gpt-int8-1\"");
+        ensure!(format == Some(FORMAT), "metadata format is {format:?}, expected {FORMAT:?}");
         let spec = ModelSpec {
             layers: get("layers")?,
             width: get("width")?,

@@ -1,7 +1,7 @@
 //! Int8 weights in safetensors: each matrix `NAME` is int8 `[out, in]` with an f32 scale
 //! per output row in `NAME.scale`; gains and biases are f32. The spec is in the metadata.
 
-use super::spec::{Kind, ModelSpec};
+use super::spec::{Kind, ModelSpec, MAX_ROW_SCALE};
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -36,8 +36,8 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     pub norm_out: Vec<f32>,
     pub head_bias: Vec<f32>,
-    /// The model id archives record: SHA-256 over the spec and every tensor's name, shape and
-    /// bytes in spec order (not over the file, whose JSON header order is not canonical).
+    /// The model id archives record: SHA-256 of the canonical encoding of the spec and every
+    /// tensor (FORMAT.md, section 4), not of the file, so any equal weights get the same id.
     pub hash: [u8; 32],
 }
 
@@ -53,32 +53,19 @@ impl Weights {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Weights> {
-        use sha2::{Digest, Sha256};
         let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow::anyhow!("not a safetensors file: {e}"))?;
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let spec = ModelSpec::from_metadata(meta.metadata().as_ref().context("no metadata (the model spec)")?)?;
         let expected = spec.tensors();
         let mut values: HashMap<String, Value> = HashMap::new();
-        let mut hasher = Sha256::new();
-        let mut meta: Vec<_> = spec.to_metadata().into_iter().collect();
-        meta.sort();
-        hasher.update(format!("{meta:?}"));
         for (name, shape, kind) in &expected {
             let v = match kind {
                 Kind::Int8Rows => Value::Linear(read_linear(&st, name, shape)?),
                 Kind::F32 => Value::F32(read_f32(&st, name, shape)?),
             };
-            let names = match kind {
-                Kind::Int8Rows => vec![name.clone(), format!("{name}.scale")],
-                Kind::F32 => vec![name.clone()],
-            };
-            for n in names {
-                let t = st.tensor(&n).expect("read above");
-                hasher.update(format!("{n}{:?}", t.shape()));
-                hasher.update(t.data());
-            }
             values.insert(name.clone(), v);
         }
+        let hash = model_id(&spec, &st);
         let known = expected.len() + expected.iter().filter(|t| t.2 == Kind::Int8Rows).count();
         if st.len() != known {
             let names: Vec<&str> = expected.iter().map(|t| t.0.as_str()).collect();
@@ -125,7 +112,7 @@ impl Weights {
             layers,
             norm_out: take_f32("norm_out.gain"),
             head_bias: take_f32("head_bias"),
-            hash: hasher.finalize().into(),
+            hash,
         })
     }
 
@@ -161,7 +148,7 @@ impl Weights {
             .iter()
             .map(|(n, dt, shape, data)| Ok((n.clone(), TensorView::new(*dt, shape.clone(), data)?)))
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-        Ok(safetensors::serialize(views, Some(self.spec.to_metadata()))?)
+        with_sorted_metadata(&safetensors::serialize(views, None)?, &self.spec.to_metadata())
     }
 
     /// A seeded random model, for tests and benchmarks: weights ~ uniform int8, scales such
@@ -212,6 +199,67 @@ impl Weights {
     }
 }
 
+/// The tensors of the spec in id order: each matrix followed by its scales.
+fn id_tensor_names(spec: &ModelSpec) -> Vec<String> {
+    let mut names = vec![];
+    for (name, _, kind) in spec.tensors() {
+        if kind == Kind::Int8Rows {
+            names.push(name.clone());
+            names.push(format!("{name}.scale"));
+        } else {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// SHA-256 of the canonical encoding of FORMAT.md section 4: the format tag, the five spec
+/// fields, then each tensor's name, dtype, shape and bytes. Only fixed-width little-endian
+/// integers and length-prefixed strings, so any implementation can recompute it. `st` must
+/// hold every tensor of the spec (`from_bytes` checked that).
+fn model_id(spec: &ModelSpec, st: &SafeTensors) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let string = |h: &mut Sha256, s: &str| {
+        h.update((s.len() as u32).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    let int = |h: &mut Sha256, v: usize| h.update((v as u64).to_le_bytes());
+    string(&mut h, super::spec::FORMAT);
+    for v in [spec.layers, spec.width, spec.heads, spec.context_frames, spec.mlp_width] {
+        int(&mut h, v);
+    }
+    let names = id_tensor_names(spec);
+    int(&mut h, names.len());
+    for name in &names {
+        let t = st.tensor(name).expect("from_bytes checked every tensor");
+        string(&mut h, name);
+        string(&mut h, if t.dtype() == Dtype::I8 { "I8" } else { "F32" });
+        int(&mut h, t.shape().len());
+        t.shape().iter().for_each(|&d| int(&mut h, d));
+        int(&mut h, t.data().len());
+        h.update(t.data());
+    }
+    h.finalize().into()
+}
+
+/// safetensors writes its metadata from a HashMap, in an order that changes from run to run:
+/// put it into `bare` (serialized without metadata) first, keys sorted, so equal weights
+/// always make equal files. Tensor offsets count from the data, so they stay valid.
+fn with_sorted_metadata(bare: &[u8], meta: &HashMap<String, String>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bare[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bare[8..8 + n])?.trim_end();
+    let tensors = header.strip_prefix('{').context("safetensors header is not a JSON object")?;
+    let sorted: std::collections::BTreeMap<&String, &String> = meta.iter().collect();
+    let mut json = format!("{{\"__metadata__\":{},{tensors}", serde_json::to_string(&sorted)?).into_bytes();
+    // The data must start 8-byte aligned, as safetensors pads it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend_from_slice(&bare[8 + n..]);
+    Ok(out)
+}
+
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -236,7 +284,9 @@ fn read_f32(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
 fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> {
     let w = view(st, name, Dtype::I8, shape)?.data().iter().map(|&b| b as i8).collect();
     let scale = read_f32(st, &format!("{name}.scale"), &shape[..1])?;
-    ensure!(scale.iter().all(|&s| (0.0..=1.0e3).contains(&s)), "tensor {name:?}.scale holds a value outside 0..=1000");
+    if let Some(s) = scale.iter().find(|&&s| !(0.0..=MAX_ROW_SCALE).contains(&s)) {
+        bail!("tensor {name:?}.scale holds {s}, outside 0..={MAX_ROW_SCALE} (the limit that keeps the integer rescale within i64)");
+    }
     Ok(Linear { rows: shape[0], cols: shape[1], w, scale })
 }
 

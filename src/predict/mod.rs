@@ -118,14 +118,14 @@ impl Model {
         }
     }
 
-    /// Bytes of the context mixer's counter tables for a segment of `tokens` tokens: what
-    /// dominates a segment's memory while it codes (a transformer's key/value cache is under
-    /// 1 MB and not counted).
+    /// Bytes a segment of `tokens` tokens holds while it codes: the context mixer's counter
+    /// tables, the transformer's key/value cache (2.2 GB at the spec's limits) and its tokens.
     pub fn memory(&self, tokens: usize) -> usize {
+        let neural = |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2;
         match self {
             Model::ContextMix => ContextMix::memory(tokens, false),
-            Model::Neural(_) => 0,
-            Model::Mixed(_) => ContextMix::memory(tokens, true),
+            Model::Neural(t) => neural(t),
+            Model::Mixed(t) => ContextMix::memory(tokens, true) + neural(t),
         }
     }
 

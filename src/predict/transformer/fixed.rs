@@ -121,10 +121,12 @@ pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
     }
 }
 
-/// An f32 scale or gain as a fixed-point integer with `frac_bits` fractional bits. Exact IEEE
-/// operations only (a power-of-two multiply and a round), so every machine gets the same value.
-pub fn to_fixed(v: f32, frac_bits: i32) -> i64 {
-    (f64::from(v) * 2f64.powi(frac_bits)).round() as i64
+/// An f32 scale or gain as a fixed-point integer with `frac_bits` (0..=62) fractional bits.
+/// Exact IEEE operations only: the power of two is built from its integer (`powi` may be
+/// approximate), the multiply by it is exact in f64, and `round` is exact, so every machine
+/// gets the same value.
+pub fn to_fixed(v: f32, frac_bits: u32) -> i64 {
+    (f64::from(v) * (1u64 << frac_bits) as f64).round() as i64
 }
 
 #[cfg(test)]

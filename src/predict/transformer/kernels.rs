@@ -3,8 +3,11 @@
 //! rest) is chosen at run time. Integer sums do not depend on their order, so every version
 //! gives the same integers (a test checks it).
 //!
-//! Bounds: activations |a| <= 2047, weights |w| <= 127, rows of at most 8192: no i32 sum
-//! overflows.
+//! Bounds: activations |a| <= 2047, weights -128..=127, rows of at most 8192 and heads of at
+//! most 512 (`model::spec`'s limits, enforced when weights load): no i32 sum overflows.
+//!
+//! Safety: each public function is safe for any arguments. The AVX2 versions are private;
+//! `matmul` and `scores` check, once per call, what their raw loads rely on.
 
 #[inline(always)]
 fn dot_generic(a: &[i16], b: &[i16]) -> i32 {
@@ -66,7 +69,7 @@ mod avx2 {
             for c in (0..n).step_by(16) {
                 let qv = _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i);
                 for (a, &slot) in acc.iter_mut().zip(group) {
-                    debug_assert!(slot * stride + offset + n <= keys.len());
+                    // In bounds: the safe `scores` checked every slot's key lies in `keys`.
                     let kv = _mm256_loadu_si256(keys.as_ptr().add(slot * stride + offset + c) as *const __m256i);
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(qv, kv));
                 }
@@ -187,7 +190,13 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     dispatch!(matmul(x, cols, w, out), matmul_generic)
 }
 
+/// Panics if a slot's key, `keys[slot * stride + offset ..][..q.len()]`, is not inside `keys`:
+/// checked once per call, on the largest slot, because the AVX2 version reads through raw
+/// pointers.
 pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+    let last =
+        slots.iter().max().map_or(Some(0), |&s| s.checked_mul(stride)?.checked_add(offset)?.checked_add(q.len()));
+    assert!(last.is_some_and(|end| end <= keys.len()), "attention scores: a slot's key lies outside the cache");
     dispatch!(scores(q, keys, stride, offset, slots, out), scores_generic)
 }
 
@@ -266,5 +275,34 @@ mod tests {
         weighted_sum(&probs, &keys, 64, 32, &slots, &mut a1);
         portable::weighted_sum(&probs, &keys, 64, 32, &slots, &mut a2);
         assert_eq!(a1, a2);
+    }
+
+    /// Slots past the cache (or whose offset overflows) are a panic, never a read outside
+    /// `keys`: release builds ran the AVX2 loads unchecked. Eight slots reach the SIMD loop.
+    #[test]
+    fn scores_check_their_slots_in_release_builds() {
+        let (q, keys) = (vals(16, 3, 2047), vals(64 * 8, 5, 2047));
+        for bad in [8, 1 << 40, usize::MAX / 64] {
+            let slots = [0, 1, 2, 3, 4, 5, 6, bad];
+            let caught = std::panic::catch_unwind(|| scores(&q, &keys, 64, 48, &slots, &mut [0; 8]));
+            let msg = *caught.unwrap_err().downcast::<&str>().unwrap();
+            assert_eq!(msg, "attention scores: a slot's key lies outside the cache", "slot {bad}");
+        }
+        // The last slot in range is accepted.
+        scores(&q, &keys, 64, 48, &[0, 1, 2, 3, 4, 5, 6, 7], &mut [0; 8]);
+    }
+
+    #[test]
+    fn sums_at_the_engine_limits_do_not_overflow() {
+        use crate::model::spec::{MAX_HEAD_DIM, MAX_ROW};
+        let top = 2047i16;
+        let (q, keys) = (vec![top; MAX_HEAD_DIM], vec![top; MAX_HEAD_DIM * 9]);
+        let mut s = vec![0; 9];
+        scores(&q, &keys, MAX_HEAD_DIM, 0, &(0..9).collect::<Vec<_>>(), &mut s);
+        assert!(s.iter().all(|&v| i64::from(v) == MAX_HEAD_DIM as i64 * 2047 * 2047), "{s:?}");
+        let (x, w) = (vec![-top; MAX_ROW * 5], vec![-128i16; MAX_ROW * 3]);
+        let mut o = vec![0; 15];
+        matmul(&x, MAX_ROW, &w, &mut o);
+        assert!(o.iter().all(|&v| i64::from(v) == MAX_ROW as i64 * 2047 * 128), "{o:?}");
     }
 }

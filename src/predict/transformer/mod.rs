@@ -17,6 +17,21 @@ use crate::model::{Linear, ModelSpec, Weights};
 use crate::predict::TOTAL;
 use fixed::{quantize, rms_norm, shift_round, to_fixed, Tables};
 
+// The limits of `model::spec` are what keep this engine's integers in range; check the
+// arithmetic behind each at compile time (FORMAT.md section 3.2.1).
+const _: () = {
+    use crate::model::spec::{MAX_HEAD_DIM, MAX_ROW, MAX_ROW_SCALE, MAX_WIDTH};
+    let q = fixed::QMAX as i128;
+    // Attention scores: q . k over a head, both 12-bit.
+    assert!(MAX_HEAD_DIM as i128 * q * q <= i32::MAX as i128);
+    // Matrix products: 12-bit activations by int8 weights (-128..=127) over a row.
+    let row_sum = MAX_ROW as i128 * q * 128;
+    assert!(row_sum <= i32::MAX as i128 && MAX_WIDTH <= MAX_ROW);
+    // Rescale: such a sum times a Q24 scale, plus the rounding term of a shift of at most
+    // 24 + 11 (a quantization shift is at least -11).
+    assert!(row_sum * ((MAX_ROW_SCALE as i128) << 24) + (1 << 34) <= i64::MAX as i128);
+};
+
 /// A linear layer ready for the kernels: i16 weights `[rows, cols]`, scales in Q24.
 struct Matrix {
     cols: usize,
@@ -313,5 +328,23 @@ impl Scratch {
         for ((xr, qr), s) in x.chunks_exact(width).zip(self.q.chunks_exact_mut(width)).zip(&mut self.shifts) {
             *s = quantize(xr, qr);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::spec::{MAX_ROW, MAX_ROW_SCALE};
+
+    #[test]
+    fn a_row_at_the_limits_rescales_exactly() {
+        // The largest sum a row can reach, by the largest scale, after the smallest shift.
+        let (cols, scale, shift) = (MAX_ROW, MAX_ROW_SCALE, -11);
+        let l = Linear { rows: 1, cols, w: vec![-128; cols], scale: vec![scale] };
+        let mut out = [0];
+        Matrix::new(&l, 1).apply(&vec![-fixed::QMAX as i16; cols], &[shift], &mut out);
+        let sum = cols as i128 * i128::from(fixed::QMAX) * 128;
+        let exact = (sum * ((scale as i128) << 24)) >> (24 - shift);
+        assert_eq!(i128::from(out[0]), exact);
     }
 }
