@@ -198,7 +198,7 @@ fn a_run_stopped_and_resumed_exports_byte_identical_weights() {
             checkpoint::load(&dir.path().join("ckpt"), &TINY, &mut s, &mut d).unwrap();
         }
         let (_, end) = train(&model, &mut s, d, &val, &c);
-        (export::export(&model).unwrap(), end, s.step)
+        (export::export(&model).unwrap().to_bytes().unwrap(), end, s.step)
     };
     let (whole, end, step) = run(None, false);
     assert_eq!((end, step), (End::Finished, 14));
