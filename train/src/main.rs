@@ -267,6 +267,30 @@ fn temp_path(output: &Path) -> PathBuf {
     output.with_extension(format!("cvq-train-{}.tmp", std::process::id()))
 }
 
+/// The checkpoint directory, refusing to start over a checkpoint unasked or to resume none.
+fn checkpoint_dir(a: &Args, output: &Path) -> Result<PathBuf> {
+    let dir = a.checkpoint.clone().unwrap_or_else(|| output.with_extension("checkpoint"));
+    let has = checkpoint::path(&dir).exists();
+    ensure!(
+        a.resume || !has || a.force,
+        "{}: holds a checkpoint: --resume to continue it, --force to start over",
+        dir.display()
+    );
+    ensure!(!a.resume || has, "{}: no checkpoint to resume", checkpoint::path(&dir).display());
+    Ok(dir)
+}
+
+/// Validation bits/token of the exported int8 weights on the runtime's integer coding path.
+fn integer_bits(weights: &cvq::model::Weights, val: &[cvq::data::Segment]) -> f64 {
+    let t = Arc::new(Transformer::new(weights));
+    let (mut bits, mut tokens) = (0.0, 0usize);
+    for seg in val {
+        bits += cvq::code::ideal_bits(&seg.tokens, &mut Neural::new(Arc::clone(&t), seg.tokens.len()));
+        tokens += seg.tokens.len();
+    }
+    bits / tokens as f64
+}
+
 fn run(a: Args) -> Result<()> {
     if a.fetch_only {
         for p in shard_paths(&a, a.dataset.as_deref().expect("clap requires --dataset"))? {
@@ -276,15 +300,7 @@ fn run(a: Args) -> Result<()> {
     }
     let output = a.output.clone().expect("clap requires --output");
     check_output(&output, a.force)?;
-    let ckpt_dir = a.checkpoint.clone().unwrap_or_else(|| output.with_extension("checkpoint"));
-    let has_checkpoint = checkpoint::path(&ckpt_dir).exists();
-    ensure!(
-        a.resume || !has_checkpoint || a.force,
-        "{}: holds a checkpoint: --resume to continue it, --force to start over",
-        ckpt_dir.display()
-    );
-    ensure!(!a.resume || has_checkpoint, "{}: no checkpoint to resume", checkpoint::path(&ckpt_dir).display());
-
+    let ckpt_dir = checkpoint_dir(&a, &output)?;
     let r = recipe(a.preset);
     let spec = ModelSpec {
         layers: a.layers.unwrap_or(r.spec.layers),
@@ -357,13 +373,7 @@ fn run(a: Args) -> Result<()> {
     }
     let float = train::validate(&model, &val, window, batch, false, DType::F32)?;
     let weights = export::export(&model)?;
-    let t = Arc::new(Transformer::new(&weights));
-    let (mut bits, mut tokens) = (0.0, 0usize);
-    for seg in &val {
-        bits += cvq::code::ideal_bits(&seg.tokens, &mut Neural::new(Arc::clone(&t), seg.tokens.len()));
-        tokens += seg.tokens.len();
-    }
-    let integer = bits / tokens as f64;
+    let integer = integer_bits(&weights, &val);
     let bytes = weights.to_bytes()?;
     let tmp = temp_path(&output);
     std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
