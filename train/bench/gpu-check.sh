@@ -35,7 +35,7 @@ run() { # name, steps, cvq-train model flags, torch flags
 }
 run default 300 "--layers 2 --width 128 --heads 4 --context-frames 2 --mlp-width 512 --batch 64 --frames 4"
 run challenge 200 "--layers 6 --width 256 --heads 8 --context-frames 4 --mlp-width 1024 --batch 64 --frames 4"
-run m20 100 "--layers 10 --width 384 --heads 12 --context-frames 8 --mlp-width 1536 --batch 16 --frames 4"
+run m20 100 "--layers 10 --width 384 --heads 12 --context-frames 8 --mlp-width 1536 --batch 8 --frames 4"
 # Ratios, candle / torch, from the two rates of each size.
 for name in default challenge m20; do
     part=$(sed -n "/^== $name\$/,/^torch:/p" "$out/speed.txt")

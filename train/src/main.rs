@@ -98,13 +98,13 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     val_segments: usize,
     /// ...validate on this dataset shard instead (not trained on; its last N segments)...
-    #[arg(long, requires = "dataset")]
+    #[arg(long, requires = "dataset", conflicts_with_all = ["holdout", "val_from_frame"])]
     val_shard: Option<usize>,
     /// ...or these segments (by name, comma-separated)...
     #[arg(long, value_delimiter = ',')]
     holdout: Vec<String>,
     /// ...or, for single-clip experiments, every segment's frames from this one on.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "holdout")]
     val_from_frame: Option<usize>,
     /// Checkpoint directory, written at each validation, at --stop-at and on Ctrl-C
     /// [default: the output's path with extension `.checkpoint`].
