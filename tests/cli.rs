@@ -38,7 +38,7 @@ fn compress_then_decompress_restores_identical_files() {
     let c = cvq(&["compress", p(&input), "-o", p(&archive), "-j", "2"]);
     assert!(c.status.success(), "{}", stderr(&c));
     assert!(stderr(&c).contains("compressed 3 segments"), "{}", stderr(&c));
-    assert!(stderr(&c).contains("bits/token"));
+    assert!(stderr(&c).contains("bits/token of archive"), "{}", stderr(&c));
     let d = cvq(&["decompress", p(&archive), "-o", p(&out)]);
     assert!(d.status.success(), "{}", stderr(&d));
     for name in &names {
@@ -206,4 +206,20 @@ fn verify_decodes_the_archive_before_writing_it() {
     assert!(c.status.success(), "{}", stderr(&c));
     assert!(stderr(&c).contains("verified: every segment decodes to its token checksum"), "{}", stderr(&c));
     assert!(archive.exists());
+}
+
+#[test]
+fn a_zero_frame_segment_round_trips_and_the_summary_counts_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("empty.npy");
+    std::fs::write(&input, cvq::data::Segment::int16("empty.npy", vec![]).to_npy_bytes().unwrap()).unwrap();
+    let archive = tmp.path().join("e.cvq");
+    let c = cvq(&["compress", p(&input), "-o", p(&archive)]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    // No bits per token of nothing; "1 segment", not "1 segments".
+    assert!(stderr(&c).starts_with("compressed 1 segment, 0 tokens, "), "{}", stderr(&c));
+    assert!(!stderr(&c).contains("bits/token"), "{}", stderr(&c));
+    let d = cvq(&["decompress", p(&archive), "-o", p(&tmp.path().join("out"))]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert_eq!(std::fs::read(tmp.path().join("out/empty.npy")).unwrap(), std::fs::read(&input).unwrap());
 }

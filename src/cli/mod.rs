@@ -279,14 +279,20 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
 }
 
-/// The closing line of every command that codes tokens.
-fn summary(verb: &str, segments: usize, tokens: usize, archive_bytes: usize, secs: f64) -> String {
-    let bits = archive_bytes as f64 * 8.0 / tokens.max(1) as f64;
-    format!(
-        "{verb} {segments} segments, {tokens} tokens, {archive_bytes} archive bytes: {bits:.4} bits/token, rate {:.3}, {:.0} tokens/s",
-        10.0 / bits,
-        tokens as f64 / secs
-    )
+/// `n` and `word`, plural unless `n` is 1.
+fn count(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The closing line of every command that codes tokens. `bytes` are `what` (the whole
+/// archive, index and headers included, or the payloads alone), and bits/token says which.
+fn summary(verb: &str, segments: usize, tokens: usize, bytes: usize, what: &str, secs: f64) -> String {
+    let head = format!("{verb} {}, {}, {bytes} {what} bytes", count(segments, "segment"), count(tokens, "token"));
+    if tokens == 0 {
+        return head;
+    }
+    let bits = bytes as f64 * 8.0 / tokens as f64;
+    format!("{head}: {bits:.4} bits/token of {what}, rate {:.3}, {:.0} tokens/s", 10.0 / bits, tokens as f64 / secs)
 }
 
 /// Read and code segments, a lockstep batch per worker, showing progress.
@@ -318,7 +324,7 @@ fn build_archive(inputs: &[PathBuf], model: &Model, verify: bool) -> Result<(Vec
     let coded = encode_inputs(&inputs, model, "compress")?;
     let bytes = write_archive(model, &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
-    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
     if verify {
         let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
         decode_all(&archive::parse(&bytes)?, model, "verify", |_, _| Ok(())).context(failed)?;
@@ -373,7 +379,10 @@ fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool
     decode_all(&archive, &model, "decompress", |i, seg| files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force))
         .with_context(at)?;
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
-    eprintln!("{}", summary("decompressed", targets.len(), tokens, bytes.len(), start.elapsed().as_secs_f64()));
+    eprintln!(
+        "{}",
+        summary("decompressed", targets.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64())
+    );
     Ok(())
 }
 
@@ -390,6 +399,6 @@ fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
     }
     let tokens = rows.iter().map(|r| r.1).sum();
     let bytes = rows.iter().map(|r| r.2).sum();
-    println!("{}", summary("evaluated", rows.len(), tokens, bytes, start.elapsed().as_secs_f64()));
+    println!("{}", summary("evaluated", rows.len(), tokens, bytes, "payload", start.elapsed().as_secs_f64()));
     Ok(())
 }

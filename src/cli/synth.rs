@@ -96,10 +96,9 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
         files::write_atomic(m, serde_json::to_string_pretty(&manifest)?.as_bytes(), plan.force)?;
     }
     eprintln!(
-        "sampled {} segment{} of {} frames into {}: {per_token:.4} bits/token of information",
-        plan.segments,
-        if plan.segments == 1 { "" } else { "s" },
-        plan.frames,
+        "sampled {} of {} into {}: {per_token:.4} bits/token of information",
+        super::count(plan.segments, "segment"),
+        super::count(plan.frames, "frame"),
         plan.dir.display()
     );
     Ok(())
