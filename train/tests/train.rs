@@ -35,9 +35,9 @@ fn config(steps: usize, qat_steps: usize) -> train::Config {
     }
 }
 
-fn clip_split() -> Option<(Vec<Segment>, Vec<Segment>)> {
-    let clip = read_segment_file(&shared_data("clip.npy")?).unwrap();
-    Some(data::split_by_frame(vec![clip], 900).unwrap())
+fn clip_split() -> (Vec<Segment>, Vec<Segment>) {
+    let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
+    data::split_by_frame(vec![clip], 900).unwrap()
 }
 
 /// A fresh model, optimizer and stream over `sources`.
@@ -65,7 +65,7 @@ fn train(model: &Gpt, s: &mut State, d: Data, val: &[Segment], c: &train::Config
 
 #[test]
 fn a_few_cpu_steps_lower_the_validation_loss() {
-    let Some((train_segs, val)) = clip_split() else { return };
+    let (train_segs, val) = clip_split();
     let (model, mut s, d) = setup(memory(train_segs), &val, 1);
     let before = train::validate(&model, &val, 3, 8, false, DType::F32).unwrap();
     train(&model, &mut s, d, &val, &config(40, 0));
@@ -79,7 +79,7 @@ fn a_few_cpu_steps_lower_the_validation_loss() {
 
 #[test]
 fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
-    let Some((train_segs, val)) = clip_split() else { return };
+    let (train_segs, val) = clip_split();
     let (model, mut s, d) = setup(memory(train_segs), &val, 2);
     train(&model, &mut s, d, &val, &config(5, 3));
     let weights = export::export(&model).unwrap();
@@ -87,15 +87,15 @@ fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
     let loaded = cvq::model::Weights::from_bytes(&weights.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded.hash, weights.hash);
     let m = Model::Neural(Arc::new(Transformer::new(&loaded)));
-    let clip = read_segment_file(&shared_data("clip.npy").unwrap()).unwrap();
+    let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
     let bytes = cvq::pipeline::compress_segments(&m, std::slice::from_ref(&clip)).unwrap();
     let back = cvq::pipeline::decompress_segments(&bytes, m.transformer()).unwrap();
-    assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(shared_data("clip.npy").unwrap()).unwrap());
+    assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(shared_data("clip.npy")).unwrap());
 }
 
 #[test]
 fn offline_hub_reads_a_shard_from_the_cache() {
-    let Some(path) = shared_data("clip.npy") else { return };
+    let path = shared_data("clip.npy");
     let mut clip = read_segment_file(&path).unwrap();
     clip.name = "3b41c0fa8959aea6c118e5714f412a2e_13".into();
     let other = Segment::int16("0a1b2c3d4e5f60718293a4b5c6d7e8f9_2", clip.tokens[..128 * 10].to_vec());
@@ -224,7 +224,7 @@ fn a_run_stopped_and_resumed_exports_byte_identical_weights() {
 
 #[test]
 fn accumulating_two_half_batches_is_one_whole_batch() {
-    let Some((train_segs, val)) = clip_split() else { return };
+    let (train_segs, val) = clip_split();
     // The shuffle buffer lets windows out in the same order whatever the batch size, so both
     // runs see the same windows in each step; only float rounding may differ.
     let val = vec![Segment::int16("short", val[0].tokens[..128 * 4].to_vec())];
