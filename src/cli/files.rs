@@ -1,7 +1,7 @@
 //! Input discovery and safe output: no silent overwrites, no half-written files.
 
 use crate::data::{read_segment_file, shard::read_shard, Segment};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,24 +91,66 @@ pub fn check_unique_names(names: impl Iterator<Item = String>) -> Result<()> {
     Ok(())
 }
 
-pub fn check_writable(path: &Path, force: bool) -> Result<()> {
-    if path.exists() && !force {
-        bail!("{}: already exists (use --force to replace it)", path.display());
+/// Check, before any coding, that a file can be written at `path`: not a directory, not an
+/// existing file unless `force`, and in a directory that exists and takes new files. Hours of
+/// coding must not end in a typo's error.
+pub fn check_output(path: &Path, force: bool) -> Result<()> {
+    let target = resolve(path, force)?;
+    check_target(&target, force)?;
+    check_dir_writable(parent(&target)).with_context(|| format!("{}: cannot be written", path.display()))
+}
+
+/// The file that writing `path` replaces: `path` itself or, with `force`, the target of the
+/// symlink at `path`, so that a link stays a link.
+fn resolve(path: &Path, force: bool) -> Result<PathBuf> {
+    if !path.is_symlink() {
+        return Ok(path.to_path_buf());
     }
+    ensure!(force, "{}: already exists, as a symlink (use --force to write to its target)", path.display());
+    std::fs::canonicalize(path).with_context(|| format!("{}: a symlink whose target cannot be found", path.display()))
+}
+
+/// The overwrite rules for one resolved output file.
+fn check_target(path: &Path, force: bool) -> Result<()> {
+    ensure!(!path.is_dir(), "{}: is a directory", path.display());
+    ensure!(force || !path.exists(), "{}: already exists (use --force to replace it)", path.display());
     Ok(())
 }
 
-/// Write `bytes` to a temporary file beside `path`, then rename it into place.
+/// The directory a file path lies in (`.` for a bare name).
+pub fn parent(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// A directory's own check: it exists and a file can be created in it (tried, not guessed
+/// from permission bits, which neither root nor read-only mounts follow).
+fn check_dir_writable(dir: &Path) -> Result<()> {
+    ensure!(dir.is_dir(), "{}: no such directory", dir.display());
+    let probe = dir.join(format!(".cvq-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| format!("{}: cannot create files in this directory", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Make `dir` (and its parents) and check that files can be written in it; each file's own
+/// rules are `check_output`'s, one call per file.
+pub fn output_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    check_dir_writable(dir)
+}
+
+/// Write `bytes` to a temporary file beside the file `path` names (the target of a symlink
+/// with `force`), then rename it into place.
 pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
-    check_writable(path, force)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let target = resolve(path, force)?;
+    check_target(&target, force)?;
+    let name = target.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = parent(&target).join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(&tmp, &target)?;
         Ok(())
     })();
     if result.is_err() {

@@ -23,8 +23,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "cvq", version, about = "Lossless compressor for commaVQ driving-video tokens")]
+#[command(name = "cvq", version, propagate_version = true, about = "Lossless compressor for commaVQ driving-video tokens")]
 struct Cli {
+    /// Print nothing but errors and the command's own report: no progress, no summary.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print a line for each segment.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -220,13 +226,48 @@ struct VerifyOpt {
     verify: bool,
 }
 
+/// How much a command says on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+/// Set once from the command line, read wherever a command reports.
+static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+
+fn level() -> Level {
+    *LEVEL.get().unwrap_or(&Level::Normal)
+}
+
+/// A progress or summary line on stderr, unless -q.
+fn note(line: impl std::fmt::Display) {
+    if level() >= Level::Normal {
+        eprintln!("{line}");
+    }
+}
+
+/// A line per segment on stderr, with -v.
+fn detail(line: impl std::fmt::Display) {
+    if level() == Level::Verbose {
+        eprintln!("{line}");
+    }
+}
+
 pub fn main() -> Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let _ = LEVEL.set(match (cli.quiet, cli.verbose) {
+        (true, _) => Level::Quiet,
+        (_, true) => Level::Verbose,
+        _ => Level::Normal,
+    });
+    match cli.command {
         Command::Compress { inputs, output, model, run, verify } => {
             with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force, verify.verify))
         }
         Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
-            files::check_writable(&output, run.force)?;
+            files::check_output(&output, run.force)?;
             let decoder = pack::read_decoder(&decoder)?;
             let (model, weights) = model.load_with_bytes()?;
             let (archive, tokens) = build_archive(&inputs, &model, verify.verify)?;
@@ -263,11 +304,11 @@ fn worker_pool(model: &Model, max_tokens: usize) -> Result<rayon::ThreadPool> {
     let available = files::available_memory();
     let fit = available.map_or(wanted, |avail| (avail / 4 * 3 / per_worker).max(1));
     if fit < wanted {
-        eprintln!(
+        note(format_args!(
             "using {fit} of {wanted} threads: each needs about {} MB, and {} MB are available",
             per_worker >> 20,
             available.unwrap_or(0) >> 20
-        );
+        ));
     }
     Ok(rayon::ThreadPoolBuilder::new().num_threads(wanted.min(fit)).build()?)
 }
@@ -276,7 +317,8 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} segments, {elapsed} (eta {eta})")
         .expect("valid template")
         .progress_chars("=> ");
-    ProgressBar::new(len as u64).with_style(style).with_message(what.to_string())
+    let bar = if level() == Level::Quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    bar.with_style(style).with_message(what.to_string())
 }
 
 /// `n` and `word`, plural unless `n` is 1.
@@ -305,6 +347,10 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
             .map(|chunk| {
                 let segments = chunk.iter().map(Input::segment).collect::<Result<Vec<_>>>()?;
                 let coded = encode_batch(model, &segments)?;
+                for c in &coded {
+                    let tokens = c.frames * TOKENS_PER_FRAME;
+                    detail(format_args!("{}: {}, {} payload bytes", c.name, count(tokens, "token"), c.payload.len()));
+                }
                 bar.inc(chunk.len() as u64);
                 Ok(coded)
             })
@@ -324,17 +370,17 @@ fn build_archive(inputs: &[PathBuf], model: &Model, verify: bool) -> Result<(Vec
     let coded = encode_inputs(&inputs, model, "compress")?;
     let bytes = write_archive(model, &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
-    eprintln!("{}", summary("compressed", coded.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
+    note(summary("compressed", coded.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
     if verify {
         let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
         decode_all(&archive::parse(&bytes)?, model, "verify", |_, _| Ok(())).context(failed)?;
-        eprintln!("verified: every segment decodes to its token checksum");
+        note("verified: every segment decodes to its token checksum");
     }
     Ok((bytes, tokens))
 }
 
 fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool, verify: bool) -> Result<()> {
-    files::check_writable(output, force)?;
+    files::check_output(output, force)?;
     let (bytes, _) = build_archive(inputs, model, verify)?;
     files::write_atomic(output, &bytes, force)
 }
@@ -370,19 +416,20 @@ fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool
     // Only an archive of the context mixer needs no weights.
     let neural = if archive.model_id == Model::ContextMix.id() { None } else { Some(weights.load()?) };
     let model = archive_model(&archive, neural.as_ref()).with_context(at)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    files::output_dir(dir)?;
     let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
     for t in &targets {
-        files::check_writable(t, force)?;
+        files::check_output(t, force)?;
     }
     let start = Instant::now();
-    decode_all(&archive, &model, "decompress", |i, seg| files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force))
-        .with_context(at)?;
+    decode_all(&archive, &model, "decompress", |i, seg| {
+        files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
+        detail(format_args!("{}: {}, restored", targets[i].display(), count(seg.frames(), "frame")));
+        Ok(())
+    })
+    .with_context(at)?;
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
-    eprintln!(
-        "{}",
-        summary("decompressed", targets.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64())
-    );
+    note(summary("decompressed", targets.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
     Ok(())
 }
 

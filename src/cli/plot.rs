@@ -33,6 +33,7 @@ const INK: Rgb = [20, 20, 20];
 type Rgb = [u8; 3];
 
 pub fn run(input: &Path, model: &Model, output: &Path, force: bool) -> Result<()> {
+    files::check_output(output, force)?;
     let seg = read_segment_file(input)?;
     ensure!(seg.frames() > 0, "{}: no frames to plot", input.display());
     // Each token's code length under `model`, as the coder pays it.

@@ -5,7 +5,7 @@
 use super::files;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::predict::{hex, transformer::Transformer, Model};
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -43,7 +43,7 @@ fn source(seed: u64, i: usize) -> (u64, String) {
 pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
     ensure!(plan.segments > 0 && plan.frames > 0, "--segments and --frames must be at least 1");
     if let Some(m) = plan.manifest {
-        let parent = m.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = files::parent(m);
         let inside = match (plan.dir.canonicalize(), parent.canonicalize()) {
             (Ok(dir), Ok(parent)) => parent.starts_with(dir),
             _ => false,
@@ -54,13 +54,13 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
             m.display(),
             plan.dir.display()
         );
-        files::check_writable(m, plan.force)?;
+        files::check_output(m, plan.force)?;
     }
     // Every target is checked before any sampling, so a refusal leaves nothing half-written.
+    files::output_dir(plan.dir)?;
     for i in 0..plan.segments {
-        files::check_writable(&plan.dir.join(source(plan.seed, i).1), plan.force)?;
+        files::check_output(&plan.dir.join(source(plan.seed, i).1), plan.force)?;
     }
-    std::fs::create_dir_all(plan.dir).with_context(|| format!("{}: cannot create directory", plan.dir.display()))?;
     let model = Model::Neural(Arc::clone(t));
     let tokens = plan.frames * TOKENS_PER_FRAME;
     let bar = super::progress(plan.segments, "synth");
@@ -95,11 +95,11 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
         });
         files::write_atomic(m, serde_json::to_string_pretty(&manifest)?.as_bytes(), plan.force)?;
     }
-    eprintln!(
+    super::note(format_args!(
         "sampled {} of {} into {}: {per_token:.4} bits/token of information",
         super::count(plan.segments, "segment"),
         super::count(plan.frames, "frame"),
         plan.dir.display()
-    );
+    ));
     Ok(())
 }
