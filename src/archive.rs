@@ -62,6 +62,17 @@ impl Archive<'_> {
     pub fn payload(&self, e: &Entry) -> &[u8] {
         &self.bytes[e.payload.clone()]
     }
+
+    /// Check segment `i`'s payload against its checksum.
+    pub fn check_payload(&self, i: usize) -> Result<()> {
+        let e = &self.entries[i];
+        ensure!(
+            crc32fast::hash(self.payload(e)) == e.payload_checksum,
+            "segment {i} ({}): payload is damaged (payload checksum mismatch)",
+            e.name
+        );
+        Ok(())
+    }
 }
 
 /// Serialise an archive; identical npy headers are stored once.
@@ -104,6 +115,14 @@ pub fn write(model_id: &[u8; 32], segments: &[CodedSegment]) -> Vec<u8> {
 /// Parse and validate an archive: its index, every entry against `check_segment`'s rules, and
 /// every payload against its checksum, so damage is found before any decoding.
 pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
+    let archive = parse_index(bytes)?;
+    (0..archive.entries.len()).try_for_each(|i| archive.check_payload(i))?;
+    Ok(archive)
+}
+
+/// Parse and validate an archive's index, leaving its payloads unchecked (see
+/// `Archive::check_payload`).
+pub fn parse_index(bytes: &[u8]) -> Result<Archive<'_>> {
     let mut r = Reader { bytes, pos: 0 };
     ensure!(r.take(4).ok() == Some(&MAGIC[..]), "not a cvq archive (bad magic)");
     let version = r.take(1)?[0];
@@ -137,13 +156,8 @@ pub fn parse(bytes: &[u8]) -> Result<Archive<'_>> {
         bytes.len() - base
     );
     // Every offset is at most `offset`, which was just found equal to bytes left: no overflow.
-    for (i, e) in entries.iter_mut().enumerate() {
+    for e in &mut entries {
         e.payload = e.payload.start + base..e.payload.end + base;
-        ensure!(
-            crc32fast::hash(&bytes[e.payload.clone()]) == e.payload_checksum,
-            "segment {i} ({}): payload is damaged (payload checksum mismatch)",
-            e.name
-        );
     }
     Ok(Archive { model_id, headers, entries, bytes })
 }

@@ -221,3 +221,161 @@ fn a_zero_frame_segment_round_trips_and_the_summary_counts_right() {
     assert!(d.status.success(), "{}", stderr(&d));
     assert_eq!(std::fs::read(tmp.path().join("out/empty.npy")).unwrap(), std::fs::read(&input).unwrap());
 }
+
+/// `cvq` with `input` on stdin.
+fn cvq_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvq"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn segments_stream_through_stdin_and_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = dataset_dir(&tmp.path().join("in"));
+    let original = std::fs::read(tmp.path().join("in").join(&names[0])).unwrap();
+    let c = cvq_stdin(&["compress", "-", "--name", &names[0], "-o", "-", "--predictor", "context-mix"], &original);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let d = cvq_stdin(&["decompress", "-", "-o", "-"], &c.stdout);
+    assert!(d.status.success(), "{}", stderr(&d));
+    assert_eq!(d.stdout, original);
+    // The name given is the name restored.
+    let out = tmp.path().join("out");
+    assert!(cvq_stdin(&["decompress", "-", "-o", p(&out)], &c.stdout).status.success());
+    assert_eq!(std::fs::read(out.join(&names[0])).unwrap(), original);
+
+    let unnamed = cvq_stdin(&["compress", "-", "-o", "-"], &original);
+    assert!(stderr(&unnamed).contains("name it with --name"), "{}", stderr(&unnamed));
+    let archive = tmp.path().join("three.cvq");
+    assert!(cvq(&["compress", p(&tmp.path().join("in")), "-o", p(&archive), "--predictor", "context-mix"])
+        .status
+        .success());
+    let many = cvq(&["decompress", p(&archive), "-o", "-"]);
+    assert!(stderr(&many).contains("-o - writes one segment to stdout, and this archive holds 3"), "{}", stderr(&many));
+    // A device is written in place, not replaced.
+    assert!(cvq(&["compress", p(&tmp.path().join("in")), "-o", "/dev/null", "--predictor", "context-mix"])
+        .status
+        .success());
+}
+
+#[test]
+fn outputs_are_checked_before_any_coding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    dataset_dir(&input);
+    let compress = |out: &Path, force: bool| {
+        let mut args = vec!["compress", p(&input), "-o", p(out), "--predictor", "context-mix"];
+        if force {
+            args.push("--force");
+        }
+        cvq(&args)
+    };
+    let err = |o: Output| {
+        assert!(!o.status.success());
+        assert!(!stderr(&o).contains("compressed"), "refused after coding: {}", stderr(&o));
+        stderr(&o)
+    };
+    assert!(err(compress(&tmp.path().join("none/a.cvq"), false)).contains("none: no such directory"));
+    assert!(err(compress(&input, true)).contains("in: is a directory"));
+    assert!(err(compress(Path::new("/proc/a.cvq"), false)).contains("/proc: cannot create files in this directory"));
+    let d = cvq(&["decompress", p(&tmp.path().join("x.cvq")), "-o", "/proc/out"]);
+    assert!(!d.status.success());
+
+    // --force writes through a symlink to its target; without it the link is refused.
+    let target = tmp.path().join("target.cvq");
+    std::fs::write(&target, b"old").unwrap();
+    let link = tmp.path().join("link.cvq");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(err(compress(&link, false)).contains("already exists, as a symlink"));
+    assert!(compress(&link, true).status.success());
+    assert!(link.is_symlink(), "the link stays a link");
+    assert!(std::fs::read(&target).unwrap().starts_with(b"CVQA"), "its target holds the archive");
+    let dangling = tmp.path().join("dangling.cvq");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+    assert!(err(compress(&dangling, true)).contains("a symlink whose target cannot be found"));
+}
+
+#[test]
+fn subdirectories_are_read_with_r_and_otherwise_skipped_with_a_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    dataset_dir(&input);
+    let sub = input.join("more");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("extra_0"), common::synthetic("extra_0", 5, 9).to_npy_bytes().unwrap()).unwrap();
+    let list = |archive: &Path| String::from_utf8(cvq(&["list", p(archive)]).stdout).unwrap();
+    let flat = tmp.path().join("flat.cvq");
+    let c = cvq(&["compress", p(&input), "-o", p(&flat), "--predictor", "context-mix"]);
+    assert!(stderr(&c).contains("more: skipped, a directory (-r reads subdirectories)"), "{}", stderr(&c));
+    assert!(!list(&flat).contains("extra_0"));
+    let deep = tmp.path().join("deep.cvq");
+    assert!(cvq(&["compress", "-r", p(&input), "-o", p(&deep), "--predictor", "context-mix"]).status.success());
+    assert!(list(&deep).contains("extra_0"), "{}", list(&deep));
+}
+
+#[test]
+fn list_and_test_read_an_archive_without_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--predictor", "context-mix"]).status.success());
+    let l = cvq(&["list", p(&archive)]);
+    let out = String::from_utf8(l.stdout).unwrap();
+    assert!(out.contains("(context-mix)"), "{out}");
+    for (i, name) in names.iter().enumerate() {
+        let line = out.lines().find(|l| l.starts_with(name.as_str())).unwrap();
+        assert_eq!(line.split_whitespace().nth(1), Some((12 + i).to_string().as_str()), "{line}");
+    }
+    assert!(out.contains("listed 3 segments, 4992 tokens, "), "{out}");
+    let t = cvq(&["test", p(&archive)]);
+    assert!(t.status.success(), "{}", stderr(&t));
+    assert!(stderr(&t).contains("tested 3 segments"), "{}", stderr(&t));
+
+    // Damage in two payloads, one of them in its last byte (the range coder's flush): each is
+    // named, and test fails.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let (first, last) = {
+        let a = cvq::archive::parse(&bytes).unwrap();
+        (a.entries[0].payload.start, a.entries[2].payload.end - 1)
+    };
+    bytes[first] ^= 0x10;
+    bytes[last] ^= 1;
+    let damaged = tmp.path().join("damaged.cvq");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let t = cvq(&["test", p(&damaged)]);
+    assert_eq!(t.status.code(), Some(1));
+    let err = stderr(&t);
+    for i in [0, 2] {
+        assert!(err.contains(&format!("segment {i} ({}): payload is damaged", names[i])), "{err}");
+    }
+    assert!(err.contains("2 of 3 segments damaged"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 3, "test writes nothing");
+}
+
+#[test]
+fn quiet_says_nothing_verbose_names_each_segment_and_every_command_has_a_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    let q = cvq(&["compress", "-q", p(&input), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(q.status.success() && q.stderr.is_empty(), "{}", stderr(&q));
+    let v = cvq(&["decompress", "-v", p(&archive), "-o", p(&tmp.path().join("out"))]);
+    for name in &names {
+        assert!(stderr(&v).contains(&format!("{name}: ")), "{}", stderr(&v));
+    }
+    for command in ["compress", "decompress", "list", "test", "eval", "pack", "bench", "plot", "synth"] {
+        let o = cvq(&[command, "--version"]);
+        assert!(o.status.success(), "{command}");
+        assert!(String::from_utf8(o.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")), "{command}");
+    }
+}

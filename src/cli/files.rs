@@ -1,31 +1,83 @@
 //! Input discovery and safe output: no silent overwrites, no half-written files.
 
-use crate::data::{read_segment_file, shard::read_shard, Segment};
+use crate::data::{parse_segment, read_segment_file, shard::read_shard, Segment};
 use anyhow::{ensure, Context, Result};
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Expand inputs: files as given, directories to their files in name order. Shards stay
-/// files here (see `expand_shards`).
-pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// Expand inputs: files as given, directories to their files in name order (and their
+/// subdirectories' files with `recursive`; otherwise those are skipped with a note). `-`
+/// (stdin) stays as it is; shards stay files here (see `inputs`).
+pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     for input in inputs {
+        if is_std(input) {
+            out.push(input.clone());
+            continue;
+        }
         let meta = std::fs::metadata(input).with_context(|| format!("{}: cannot read", input.display()))?;
         if meta.is_dir() {
-            let mut files = vec![];
-            for entry in std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))? {
-                let path = entry?.path();
-                ensure!(path.is_file(), "{}: not a file (directories are not searched recursively)", path.display());
-                files.push(path);
-            }
-            files.sort();
-            out.extend(files);
+            dir_files(input, recursive, &mut out)?;
         } else {
             out.push(input.clone());
         }
     }
     ensure!(!out.is_empty(), "no input files found");
+    Ok(out)
+}
+
+/// Append the files of `dir`, sorted by path, descending into subdirectories if `recursive`.
+fn dir_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut paths = vec![];
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        paths.push(entry.with_context(|| format!("{}: cannot list", dir.display()))?.path());
+    }
+    paths.sort();
+    for path in paths {
+        if !path.is_dir() {
+            out.push(path);
+        } else if recursive {
+            dir_files(&path, true, out)?;
+        } else {
+            super::note(format_args!("{}: skipped, a directory (-r reads subdirectories)", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// `-`: stdin or stdout.
+pub fn is_std(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// The segments to code: .npy files (read when their turn comes), the segments of dataset
+/// shards (`.tar.gz`, unpacked into memory) and with `-` one .npy segment from stdin, stored
+/// under `stdin_name`.
+pub fn inputs(paths: &[PathBuf], recursive: bool, stdin_name: Option<&str>) -> Result<Vec<Input>> {
+    let paths = collect_inputs(paths, recursive)?;
+    let stdin_reads = paths.iter().filter(|p| is_std(p)).count();
+    ensure!(stdin_reads <= 1, "- (stdin) is given {stdin_reads} times: it holds one segment");
+    ensure!(stdin_reads == 1 || stdin_name.is_none(), "--name names the segment read from stdin: give - as an input");
+    let mut out = vec![];
+    for p in paths {
+        if is_std(&p) {
+            let name =
+                stdin_name.context("- reads a segment from stdin: name it with --name (its dataset file name)")?;
+            let mut bytes = vec![];
+            std::io::stdin().lock().read_to_end(&mut bytes).context("stdin: cannot read")?;
+            out.push(Input::Loaded(
+                parse_segment(name.to_string(), &bytes).context("stdin: not a valid token segment")?,
+            ));
+        } else if p.to_string_lossy().ends_with(".tar.gz") {
+            read_shard(&p, |seg| {
+                out.push(Input::Loaded(seg));
+                Ok(())
+            })?;
+        } else {
+            out.push(Input::File(p));
+        }
+    }
     Ok(out)
 }
 
@@ -61,23 +113,6 @@ impl Input {
     }
 }
 
-/// The segments of `paths`: .npy files as they are, dataset shards (`.tar.gz`) unpacked
-/// into memory.
-pub fn expand_shards(paths: Vec<PathBuf>) -> Result<Vec<Input>> {
-    let mut out = vec![];
-    for p in paths {
-        if p.to_string_lossy().ends_with(".tar.gz") {
-            read_shard(&p, |seg| {
-                out.push(Input::Loaded(seg));
-                Ok(())
-            })?;
-        } else {
-            out.push(Input::File(p));
-        }
-    }
-    Ok(out)
-}
-
 /// Segments are restored by name, so two inputs may not share one.
 pub fn check_unique_names(names: impl Iterator<Item = String>) -> Result<()> {
     let mut seen = HashSet::new();
@@ -95,6 +130,9 @@ pub fn check_unique_names(names: impl Iterator<Item = String>) -> Result<()> {
 /// existing file unless `force`, and in a directory that exists and takes new files. Hours of
 /// coding must not end in a typo's error.
 pub fn check_output(path: &Path, force: bool) -> Result<()> {
+    if is_stream(path) {
+        return check_stream(path);
+    }
     let target = resolve(path, force)?;
     check_target(&target, force)?;
     check_dir_writable(parent(&target)).with_context(|| format!("{}: cannot be written", path.display()))
@@ -127,7 +165,8 @@ pub fn parent(path: &Path) -> &Path {
 fn check_dir_writable(dir: &Path) -> Result<()> {
     ensure!(dir.is_dir(), "{}: no such directory", dir.display());
     let probe = dir.join(format!(".cvq-probe-{}", std::process::id()));
-    std::fs::File::create(&probe).with_context(|| format!("{}: cannot create files in this directory", dir.display()))?;
+    std::fs::File::create(&probe)
+        .with_context(|| format!("{}: cannot create files in this directory", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -139,9 +178,55 @@ pub fn output_dir(dir: &Path) -> Result<()> {
     check_dir_writable(dir)
 }
 
+/// Whether `path` is written as a stream, in place and in order: `-` (stdout) or an existing
+/// file that is not a regular one (a pipe, /dev/stdout, /dev/null). Other paths are files,
+/// replaced whole.
+fn is_stream(path: &Path) -> bool {
+    is_std(path) || std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// cvq writes binary data: never onto a terminal.
+fn check_stream(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    let device = || {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a character device can be a terminal; opening a pipe could wait for a reader.
+        std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+            && std::fs::File::options().write(true).open(path).is_ok_and(|f| f.is_terminal())
+    };
+    #[cfg(not(unix))]
+    let device = || false;
+    let terminal = if is_std(path) { std::io::stdout().is_terminal() } else { device() };
+    ensure!(!terminal, "{}: is a terminal, and cvq writes binary data: redirect it to a file or a pipe", shown(path));
+    Ok(())
+}
+
+/// A path as messages name it: `-` is stdout.
+fn shown(path: &Path) -> String {
+    if is_std(path) {
+        "stdout".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Write `bytes` to `path`: streams (see `is_stream`) as they are, files atomically.
+pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+    if !is_stream(path) {
+        return write_atomic(path, bytes, force);
+    }
+    let result = if is_std(path) {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes).and_then(|()| out.flush())
+    } else {
+        std::fs::File::options().write(true).open(path).and_then(|mut f| f.write_all(bytes))
+    };
+    result.with_context(|| format!("{}: cannot write", shown(path)))
+}
+
 /// Write `bytes` to a temporary file beside the file `path` names (the target of a symlink
 /// with `force`), then rename it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     let target = resolve(path, force)?;
     check_target(&target, force)?;
     let name = target.file_name().with_context(|| format!("{}: not a file path", path.display()))?;

@@ -11,19 +11,25 @@ use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
 use crate::predict::transformer::Transformer;
-use crate::predict::Model;
+use crate::predict::{hex, Model};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use files::Input;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::borrow::Cow;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "cvq", version, propagate_version = true, about = "Lossless compressor for commaVQ driving-video tokens")]
+#[command(
+    name = "cvq",
+    version,
+    propagate_version = true,
+    about = "Lossless compressor for commaVQ driving-video tokens"
+)]
 struct Cli {
     /// Print nothing but errors and the command's own report: no progress, no summary.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -40,10 +46,9 @@ enum Command {
     /// Compress .npy token segments (files, directories of them, or dataset shards) into one
     /// archive.
     Compress {
-        /// .npy files, directories whose files are all .npy segments, or dataset shards (.tar.gz).
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// The archive to write.
+        #[command(flatten)]
+        inputs: InputOpts,
+        /// The archive to write (- for stdout).
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -56,9 +61,8 @@ enum Command {
     /// Build the challenge submission zip: the archive, decompress.py, the static decoder and
     /// the weights the archive needs; prints the size of each and the score.
     Pack {
-        /// .npy files, directories of them, or dataset shards (.tar.gz).
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        inputs: InputOpts,
         #[arg(short, long, default_value = "submission.zip")]
         output: PathBuf,
         /// The xz-compressed static decoder that scripts/build-decoder.sh writes.
@@ -73,8 +77,10 @@ enum Command {
     },
     /// Restore every segment of an archive into a directory, byte for byte.
     Decompress {
+        /// The archive (- for stdin).
         archive: PathBuf,
-        /// Directory to write the segments into (created if missing).
+        /// Directory to write the segments into (created if missing), or - to write the one
+        /// segment of a one-segment archive to stdout.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -82,10 +88,28 @@ enum Command {
         #[command(flatten)]
         run: RunOpts,
     },
+    /// List an archive's segments (name, frames, stored bytes, bits/token), its predictor and
+    /// totals, from its index alone.
+    List {
+        /// The archive (- for stdin).
+        archive: PathBuf,
+        #[command(flatten)]
+        weights: WeightsOpt,
+    },
+    /// Decode every segment of an archive and check its checksums, writing nothing; exits 1
+    /// naming each damaged segment.
+    Test {
+        /// The archive (- for stdin).
+        archive: PathBuf,
+        #[command(flatten)]
+        weights: WeightsOpt,
+        #[arg(short = 'j', long)]
+        threads: Option<usize>,
+    },
     /// Report bits per token for each segment without writing anything.
     Eval {
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        inputs: InputOpts,
         #[command(flatten)]
         model: ModelOpts,
         #[arg(short = 'j', long)]
@@ -139,6 +163,27 @@ enum Command {
         #[command(flatten)]
         run: RunOpts,
     },
+}
+
+#[derive(Args)]
+struct InputOpts {
+    /// .npy segment files, directories of them, dataset shards (.tar.gz), or - for one .npy
+    /// segment on stdin.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Also read the files in subdirectories of input directories (otherwise skipped, with a
+    /// note).
+    #[arg(short, long)]
+    recursive: bool,
+    /// The name the segment read from stdin is stored and restored under.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl InputOpts {
+    fn segments(&self) -> Result<Vec<Input>> {
+        files::inputs(&self.inputs, self.recursive, self.name.as_deref())
+    }
 }
 
 #[derive(Args)]
@@ -276,10 +321,12 @@ pub fn main() -> Result<()> {
         Command::Decompress { archive, output, weights, run } => {
             with_threads(run.threads, || decompress(&archive, &output, &weights, run.force))
         }
+        Command::List { archive, weights } => list(&archive, &weights),
+        Command::Test { archive, weights, threads } => with_threads(threads, || test(&archive, &weights)),
         Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
         Command::Bench { inputs, weights, decoder } => {
             let bytes = weights.bytes()?;
-            bench::run(&files::collect_inputs(&inputs)?, &weights.parse(&bytes)?, &decoder, bytes.len())
+            bench::run(&files::collect_inputs(&inputs, false)?, &weights.parse(&bytes)?, &decoder, bytes.len())
         }
         Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
         Command::Synth { weights, segments, frames, seed, output, manifest, run } => with_threads(run.threads, || {
@@ -326,15 +373,17 @@ fn count(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
-/// The closing line of every command that codes tokens. `bytes` are `what` (the whole
-/// archive, index and headers included, or the payloads alone), and bits/token says which.
-fn summary(verb: &str, segments: usize, tokens: usize, bytes: usize, what: &str, secs: f64) -> String {
+/// The closing line of every command that reads or codes tokens. `bytes` are `what` (the
+/// whole archive, index and headers included, or the payloads alone), and bits/token says
+/// which; the speed where the command took `secs` coding.
+fn summary(verb: &str, segments: usize, tokens: usize, bytes: usize, what: &str, secs: Option<f64>) -> String {
     let head = format!("{verb} {}, {}, {bytes} {what} bytes", count(segments, "segment"), count(tokens, "token"));
     if tokens == 0 {
         return head;
     }
     let bits = bytes as f64 * 8.0 / tokens as f64;
-    format!("{head}: {bits:.4} bits/token of {what}, rate {:.3}, {:.0} tokens/s", 10.0 / bits, tokens as f64 / secs)
+    let speed = secs.map_or(String::new(), |secs| format!(", {:.0} tokens/s", tokens as f64 / secs));
+    format!("{head}: {bits:.4} bits/token of {what}, rate {:.3}{speed}", 10.0 / bits)
 }
 
 /// Read and code segments, a lockstep batch per worker, showing progress.
@@ -363,43 +412,44 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
 /// Code the segments of `inputs` into an archive; returns it with its token count. The archive
 /// is read back (index, headers, lengths, payload checksums) before it counts as written, and
 /// with `verify` also decoded whole.
-fn build_archive(inputs: &[PathBuf], model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
-    let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
+fn build_archive(inputs: &InputOpts, model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
+    let inputs = inputs.segments()?;
     files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
     let bytes = write_archive(model, &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
-    note(summary("compressed", coded.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
+    note(summary("compressed", coded.len(), tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
     if verify {
         let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
-        decode_all(&archive::parse(&bytes)?, model, "verify", |_, _| Ok(())).context(failed)?;
+        let all: Vec<usize> = (0..coded.len()).collect();
+        decode_all(&archive::parse(&bytes)?, model, "verify", &all, |_, seg| seg.map(drop)).context(failed)?;
         note("verified: every segment decodes to its token checksum");
     }
     Ok((bytes, tokens))
 }
 
-fn compress(inputs: &[PathBuf], output: &Path, model: &Model, force: bool, verify: bool) -> Result<()> {
+fn compress(inputs: &InputOpts, output: &Path, model: &Model, force: bool, verify: bool) -> Result<()> {
     files::check_output(output, force)?;
     let (bytes, _) = build_archive(inputs, model, verify)?;
-    files::write_atomic(output, &bytes, force)
+    files::write_output(output, &bytes, force)
 }
 
-/// Decode every segment of `archive`, a lockstep batch per worker, handing each to `sink`
-/// with its index; stops at the first error.
+/// Decode the segments `indices` of `archive`, a lockstep batch per worker, handing each
+/// result to `sink` with its index; stops at the first error `sink` returns.
 fn decode_all(
     archive: &Archive,
     model: &Model,
     what: &str,
-    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
+    indices: &[usize],
+    sink: impl Fn(usize, Result<Segment>) -> Result<()> + Sync,
 ) -> Result<()> {
-    let bar = progress(archive.entries.len(), what);
-    let indices: Vec<usize> = (0..archive.entries.len()).collect();
-    let max_tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).max().unwrap_or(0);
+    let bar = progress(indices.len(), what);
+    let max_tokens = indices.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).max().unwrap_or(0);
     worker_pool(model, max_tokens)?.install(|| {
         indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
             for (&i, seg) in chunk.iter().zip(decode_batch(archive, model, chunk)) {
-                sink(i, seg?)?;
+                sink(i, seg)?;
             }
             bar.inc(chunk.len() as u64);
             Ok(())
@@ -409,32 +459,131 @@ fn decode_all(
     Ok(())
 }
 
-fn decompress(archive_path: &Path, dir: &Path, weights: &WeightsOpt, force: bool) -> Result<()> {
-    let bytes = std::fs::read(archive_path).with_context(|| format!("{}: cannot read", archive_path.display()))?;
-    let at = || archive_path.display().to_string();
-    let archive = archive::parse(&bytes).with_context(at)?;
-    // Only an archive of the context mixer needs no weights.
+/// An archive's bytes, from a file or from stdin (`-`).
+fn read_archive(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = vec![];
+    if files::is_std(path) {
+        std::io::stdin().lock().read_to_end(&mut bytes).context("stdin: cannot read")?;
+    } else {
+        bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    }
+    Ok(bytes)
+}
+
+/// How messages name an archive read from `path`.
+fn archive_name(path: &Path) -> String {
+    if files::is_std(path) {
+        "stdin".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The predictor that wrote `archive`, loading the weights only if it needs them.
+fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
     let neural = if archive.model_id == Model::ContextMix.id() { None } else { Some(weights.load()?) };
-    let model = archive_model(&archive, neural.as_ref()).with_context(at)?;
-    files::output_dir(dir)?;
-    let targets: Vec<PathBuf> = archive.entries.iter().map(|e| dir.join(&e.name)).collect();
+    archive_model(archive, neural.as_ref())
+}
+
+fn decompress(archive_path: &Path, out: &Path, weights: &WeightsOpt, force: bool) -> Result<()> {
+    let at = || archive_name(archive_path);
+    let bytes = read_archive(archive_path)?;
+    let archive = archive::parse(&bytes).with_context(at)?;
+    let model = model_of(&archive, weights).with_context(at)?;
+    let targets: Vec<PathBuf> = if files::is_std(out) {
+        let n = archive.entries.len();
+        ensure!(n == 1, "{}: -o - writes one segment to stdout, and this archive holds {n}: give a directory", at());
+        vec![out.to_path_buf()]
+    } else {
+        files::output_dir(out)?;
+        archive.entries.iter().map(|e| out.join(&e.name)).collect()
+    };
     for t in &targets {
         files::check_output(t, force)?;
     }
     let start = Instant::now();
-    decode_all(&archive, &model, "decompress", |i, seg| {
-        files::write_atomic(&targets[i], &seg.to_npy_bytes()?, force)?;
+    let all: Vec<usize> = (0..targets.len()).collect();
+    decode_all(&archive, &model, "decompress", &all, |i, seg| {
+        let seg = seg?;
+        files::write_output(&targets[i], &seg.to_npy_bytes()?, force)?;
         detail(format_args!("{}: {}, restored", targets[i].display(), count(seg.frames(), "frame")));
         Ok(())
     })
     .with_context(at)?;
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
-    note(summary("decompressed", targets.len(), tokens, bytes.len(), "archive", start.elapsed().as_secs_f64()));
+    note(summary("decompressed", targets.len(), tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
     Ok(())
 }
 
-fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
-    let inputs = files::expand_shards(files::collect_inputs(inputs)?)?;
+/// Print an archive's contents: each segment's name, frames, stored bytes and bits/token, the
+/// predictor and the totals. Reads the index only.
+fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
+    let bytes = read_archive(archive_path)?;
+    let archive = archive::parse_index(&bytes).with_context(|| archive_name(archive_path))?;
+    // Name the predictor where the weights at hand wrote it; an archive is listed without them.
+    let predictor = match model_of(&archive, weights) {
+        Ok(m) => match m.transformer() {
+            Some(t) => format!("{}, weights {}...", m.name(), hex(&t.hash[..8])),
+            None => m.name().to_string(),
+        },
+        Err(_) => "not the context mixer nor a model of the weights at hand".into(),
+    };
+    println!(
+        "{}: format {}, model {}... ({predictor})",
+        archive_name(archive_path),
+        archive::VERSION,
+        hex(&archive.model_id[..8])
+    );
+    println!("{:<48} {:>7} {:>10} {:>10}", "segment", "frames", "bytes", "bits/token");
+    for e in &archive.entries {
+        let tokens = e.frames * TOKENS_PER_FRAME;
+        let bits =
+            if tokens == 0 { "-".into() } else { format!("{:.4}", e.payload.len() as f64 * 8.0 / tokens as f64) };
+        println!("{:<48} {:>7} {:>10} {bits:>10}", e.name, e.frames, e.payload.len());
+    }
+    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
+    println!("{}", summary("listed", archive.entries.len(), tokens, bytes.len(), "archive", None));
+    Ok(())
+}
+
+/// Decode every segment and check its payload and token checksums, writing nothing; names each
+/// damaged segment and fails if there is any.
+fn test(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
+    let at = || archive_name(archive_path);
+    let bytes = read_archive(archive_path)?;
+    let archive = archive::parse_index(&bytes).with_context(at)?;
+    let model = model_of(&archive, weights).with_context(at)?;
+    let start = Instant::now();
+    let mut damaged: Vec<(usize, anyhow::Error)> = vec![];
+    let mut intact = vec![];
+    for i in 0..archive.entries.len() {
+        match archive.check_payload(i) {
+            Ok(()) => intact.push(i),
+            Err(e) => damaged.push((i, e)),
+        }
+    }
+    let failed = std::sync::Mutex::new(vec![]);
+    decode_all(&archive, &model, "test", &intact, |i, seg| {
+        if let Err(e) = seg {
+            failed.lock().expect("no panic while held").push((i, e));
+        }
+        Ok(())
+    })?;
+    damaged.extend(failed.into_inner().expect("no panic while held"));
+    damaged.sort_by_key(|d| d.0);
+    for (_, e) in &damaged {
+        eprintln!("cvq: damaged: {e:#}");
+    }
+    let n = archive.entries.len();
+    ensure!(damaged.is_empty(), "{}: {} of {} damaged", at(), damaged.len(), count(n, "segment"));
+    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
+    note(summary("tested", n, tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
+    note("every segment decodes to its token checksum");
+    Ok(())
+}
+
+fn eval(inputs: &InputOpts, model: &Model) -> Result<()> {
+    let inputs = inputs.segments()?;
     let start = Instant::now();
     let rows: Vec<_> = encode_inputs(&inputs, model, "eval")?
         .into_iter()
@@ -446,6 +595,6 @@ fn eval(inputs: &[PathBuf], model: &Model) -> Result<()> {
     }
     let tokens = rows.iter().map(|r| r.1).sum();
     let bytes = rows.iter().map(|r| r.2).sum();
-    println!("{}", summary("evaluated", rows.len(), tokens, bytes, "payload", start.elapsed().as_secs_f64()));
+    println!("{}", summary("evaluated", rows.len(), tokens, bytes, "payload", Some(start.elapsed().as_secs_f64())));
     Ok(())
 }

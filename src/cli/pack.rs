@@ -51,7 +51,7 @@ pub fn write(
         members.insert(1, Member { name: "weights.safetensors", what: "weights", bytes: w, deflate: true });
     }
     let (zip, stored) = build_zip(&members)?;
-    files::write_atomic(output, &zip, force)?;
+    files::write_output(output, &zip, force)?;
     println!("{:<24} {:>12} {:>12}", "member", "bytes", "in zip");
     for (m, &size) in members.iter().zip(&stored) {
         println!("{:<24} {:>12} {:>12}", m.what, m.bytes.len(), size);

@@ -41,7 +41,7 @@ pub fn run(input: &Path, model: &Model, output: &Path, force: bool) -> Result<()
     let per_frame: Vec<f64> = bits.chunks(TOKENS_PER_FRAME).map(|f| f.iter().sum::<f64>() / f.len() as f64).collect();
     let col_px = (MIN_WIDTH / per_frame.len()).max(1);
     let image = draw(&bits, &per_frame, col_px);
-    files::write_atomic(output, &image.png().context("encoding the PNG")?, force)?;
+    files::write_output(output, &image.png().context("encoding the PNG")?, force)?;
 
     let mean = bits.iter().sum::<f64>() / bits.len() as f64;
     println!("wrote {}: {} x {} pixels", output.display(), image.width, image.height);

@@ -74,7 +74,7 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
             let mut rows = vec![];
             for (name, (toks, bits)) in names.into_iter().zip(sampled) {
                 let seg = Segment::int16(&name, toks);
-                files::write_atomic(&plan.dir.join(&name), &seg.to_npy_bytes()?, plan.force)?;
+                files::write_output(&plan.dir.join(&name), &seg.to_npy_bytes()?, plan.force)?;
                 rows.push(serde_json::json!({ "name": name, "tokens": tokens, "bits": bits }));
             }
             bar.inc(chunk.len() as u64);
@@ -93,7 +93,7 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
             "bits_per_token": per_token,
             "segments": rows,
         });
-        files::write_atomic(m, serde_json::to_string_pretty(&manifest)?.as_bytes(), plan.force)?;
+        files::write_output(m, serde_json::to_string_pretty(&manifest)?.as_bytes(), plan.force)?;
     }
     super::note(format_args!(
         "sampled {} of {} into {}: {per_token:.4} bits/token of information",
