@@ -82,13 +82,13 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
     let coded: Vec<Vec<CodedSegment>> =
         segments.par_chunks(model.batch_size()).map(|chunk| encode_batch(model, chunk)).collect::<Result<_>>()?;
-    write_archive(model, &coded.concat())
+    write_archive(&model.id(), &coded.concat())
 }
 
 /// Serialise coded segments and read the result back (index, headers, lengths, payload
 /// checksums): no archive that decompress would refuse is ever returned.
-pub fn write_archive(model: &Model, coded: &[CodedSegment]) -> Result<Vec<u8>> {
-    let bytes = archive::write(&model.id(), coded);
+pub fn write_archive(model_id: &[u8; 32], coded: &[CodedSegment]) -> Result<Vec<u8>> {
+    let bytes = archive::write(model_id, coded);
     archive::parse(&bytes)
         .context("the archive just written does not read back (a bug in cvq; nothing was written)")?;
     Ok(bytes)

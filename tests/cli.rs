@@ -379,3 +379,46 @@ fn quiet_says_nothing_verbose_names_each_segment_and_every_command_has_a_version
         assert!(String::from_utf8(o.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")), "{command}");
     }
 }
+
+#[test]
+fn parts_coded_apart_and_merged_equal_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let whole = tmp.path().join("whole.cvq");
+    let cm = ["--predictor", "context-mix"];
+    assert!(cvq(&[&["compress", p(&input), "-o", p(&whole)][..], &cm].concat()).status.success());
+    let parts: Vec<String> = (1..=2).map(|i| p(&tmp.path().join(format!("part{i}.cvq"))).to_string()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let slice = format!("{}/2", i + 1);
+        let c = cvq(&[&["compress", p(&input), "--part", &slice, "-o", part][..], &cm].concat());
+        assert!(c.status.success(), "{}", stderr(&c));
+    }
+    let merged = tmp.path().join("merged.cvq");
+    let m = cvq(&["merge", &parts[0], &parts[1], "-o", p(&merged)]);
+    assert!(m.status.success(), "{}", stderr(&m));
+    assert!(stderr(&m).contains("merged 2 archives"), "{}", stderr(&m));
+    // Segments are independent streams: the merged parts are the one-run archive, byte for byte.
+    assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&whole).unwrap());
+
+    // Decompressing by parts restores every file once.
+    let out = tmp.path().join("out");
+    for slice in ["1/3", "2/3", "3/3"] {
+        let d = cvq(&["decompress", p(&merged), "--part", slice, "-o", p(&out)]);
+        assert!(d.status.success(), "{}", stderr(&d));
+        assert!(stderr(&d).contains("decompressed 1 segment,"), "{}", stderr(&d));
+    }
+    for name in &names {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(input.join(name)).unwrap());
+    }
+
+    let twice = cvq(&["merge", &parts[0], &parts[0], "-o", p(&tmp.path().join("twice.cvq"))]);
+    assert!(stderr(&twice).contains("two inputs are named"), "{}", stderr(&twice));
+    let neural = tmp.path().join("neural.cvq");
+    let one = input.join(&names[0]);
+    assert!(cvq(&["compress", p(&one), "--predictor", "neural", "-o", p(&neural)]).status.success());
+    let mixed = cvq(&["merge", &parts[1], p(&neural), "-o", p(&tmp.path().join("mixed.cvq"))]);
+    assert!(stderr(&mixed).contains("only archives of one model merge"), "{}", stderr(&mixed));
+    let bad = cvq(&["compress", p(&input), "--part", "3/2", "-o", p(&tmp.path().join("x.cvq"))]);
+    assert!(stderr(&bad).contains("a part is I/N with 1 <= I <= N"), "{}", stderr(&bad));
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod files;
 mod pack;
+mod part;
 mod plot;
 mod synth;
 
@@ -16,6 +17,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use files::Input;
 use indicatif::{ProgressBar, ProgressStyle};
+use part::Part;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::io::Read;
@@ -51,6 +53,10 @@ enum Command {
         /// The archive to write (- for stdout).
         #[arg(short, long)]
         output: PathBuf,
+        /// Code only the I-th of N slices of the inputs sorted by name (1 <= I <= N), for N
+        /// jobs on N machines; `cvq merge` joins their archives.
+        #[arg(long, value_name = "I/N")]
+        part: Option<Part>,
         #[command(flatten)]
         model: ModelOpts,
         #[command(flatten)]
@@ -83,10 +89,24 @@ enum Command {
         /// segment of a one-segment archive to stdout.
         #[arg(short, long)]
         output: PathBuf,
+        /// Restore only the I-th of N slices of the archive's segments sorted by name.
+        #[arg(long, value_name = "I/N")]
+        part: Option<Part>,
         #[command(flatten)]
         weights: WeightsOpt,
         #[command(flatten)]
         run: RunOpts,
+    },
+    /// Join archives of one model into one, without coding again (names must be unique).
+    Merge {
+        #[arg(required = true)]
+        archives: Vec<PathBuf>,
+        /// The archive to write (- for stdout).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
     },
     /// List an archive's segments (name, frames, stored bytes, bits/token), its predictor and
     /// totals, from its index alone.
@@ -308,19 +328,22 @@ pub fn main() -> Result<()> {
         _ => Level::Normal,
     });
     match cli.command {
-        Command::Compress { inputs, output, model, run, verify } => {
-            with_threads(run.threads, || compress(&inputs, &output, &model.load()?, run.force, verify.verify))
-        }
+        Command::Compress { inputs, output, part, model, run, verify } => with_threads(run.threads, || {
+            files::check_output(&output, run.force)?;
+            let (bytes, _) = build_archive(&inputs, part, &model.load()?, verify.verify)?;
+            files::write_output(&output, &bytes, run.force)
+        }),
         Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
             let decoder = pack::read_decoder(&decoder)?;
             let (model, weights) = model.load_with_bytes()?;
-            let (archive, tokens) = build_archive(&inputs, &model, verify.verify)?;
+            let (archive, tokens) = build_archive(&inputs, None, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
-        Command::Decompress { archive, output, weights, run } => {
-            with_threads(run.threads, || decompress(&archive, &output, &weights, run.force))
+        Command::Decompress { archive, output, part, weights, run } => {
+            with_threads(run.threads, || decompress(&archive, &output, part, &weights, run.force))
         }
+        Command::Merge { archives, output, force } => part::merge(&archives, &output, force),
         Command::List { archive, weights } => list(&archive, &weights),
         Command::Test { archive, weights, threads } => with_threads(threads, || test(&archive, &weights)),
         Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
@@ -412,12 +435,15 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
 /// Code the segments of `inputs` into an archive; returns it with its token count. The archive
 /// is read back (index, headers, lengths, payload checksums) before it counts as written, and
 /// with `verify` also decoded whole.
-fn build_archive(inputs: &InputOpts, model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
-    let inputs = inputs.segments()?;
+fn build_archive(inputs: &InputOpts, part: Option<Part>, model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
+    let mut inputs = inputs.segments()?;
+    if let Some(part) = part {
+        inputs = part.select(inputs, Input::name);
+    }
     files::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
-    let bytes = write_archive(model, &coded)?;
+    let bytes = write_archive(&model.id(), &coded)?;
     let tokens = coded.iter().map(|c| c.frames * TOKENS_PER_FRAME).sum();
     note(summary("compressed", coded.len(), tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
     if verify {
@@ -427,12 +453,6 @@ fn build_archive(inputs: &InputOpts, model: &Model, verify: bool) -> Result<(Vec
         note("verified: every segment decodes to its token checksum");
     }
     Ok((bytes, tokens))
-}
-
-fn compress(inputs: &InputOpts, output: &Path, model: &Model, force: bool, verify: bool) -> Result<()> {
-    files::check_output(output, force)?;
-    let (bytes, _) = build_archive(inputs, model, verify)?;
-    files::write_output(output, &bytes, force)
 }
 
 /// Decode the segments `indices` of `archive`, a lockstep batch per worker, handing each
@@ -485,33 +505,41 @@ fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
     archive_model(archive, neural.as_ref())
 }
 
-fn decompress(archive_path: &Path, out: &Path, weights: &WeightsOpt, force: bool) -> Result<()> {
+fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &WeightsOpt, force: bool) -> Result<()> {
     let at = || archive_name(archive_path);
     let bytes = read_archive(archive_path)?;
     let archive = archive::parse(&bytes).with_context(at)?;
     let model = model_of(&archive, weights).with_context(at)?;
-    let targets: Vec<PathBuf> = if files::is_std(out) {
-        let n = archive.entries.len();
-        ensure!(n == 1, "{}: -o - writes one segment to stdout, and this archive holds {n}: give a directory", at());
-        vec![out.to_path_buf()]
+    let all: Vec<usize> = (0..archive.entries.len()).collect();
+    let chosen = match part {
+        Some(p) => p.select(all, |&i| archive.entries[i].name.clone()),
+        None => all,
+    };
+    if files::is_std(out) {
+        let n = chosen.len();
+        ensure!(n == 1, "{}: -o - writes one segment to stdout, and {n} are to be restored: give a directory", at());
     } else {
         files::output_dir(out)?;
-        archive.entries.iter().map(|e| out.join(&e.name)).collect()
-    };
-    for t in &targets {
-        files::check_output(t, force)?;
+    }
+    let target = |i: usize| if files::is_std(out) { out.to_path_buf() } else { out.join(&archive.entries[i].name) };
+    for &i in &chosen {
+        files::check_output(&target(i), force)?;
     }
     let start = Instant::now();
-    let all: Vec<usize> = (0..targets.len()).collect();
-    decode_all(&archive, &model, "decompress", &all, |i, seg| {
+    decode_all(&archive, &model, "decompress", &chosen, |i, seg| {
         let seg = seg?;
-        files::write_output(&targets[i], &seg.to_npy_bytes()?, force)?;
-        detail(format_args!("{}: {}, restored", targets[i].display(), count(seg.frames(), "frame")));
+        files::write_output(&target(i), &seg.to_npy_bytes()?, force)?;
+        detail(format_args!("{}: {}, restored", target(i).display(), count(seg.frames(), "frame")));
         Ok(())
     })
     .with_context(at)?;
-    let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
-    note(summary("decompressed", targets.len(), tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
+    let tokens = chosen.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).sum();
+    // A part is measured by its own payloads, the whole archive by all its bytes.
+    let (stored, what) = match part {
+        Some(_) => (chosen.iter().map(|&i| archive.entries[i].payload.len()).sum(), "payload"),
+        None => (bytes.len(), "archive"),
+    };
+    note(summary("decompressed", chosen.len(), tokens, stored, what, Some(start.elapsed().as_secs_f64())));
     Ok(())
 }
 
