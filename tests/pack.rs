@@ -24,14 +24,13 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// The static decoder, built once by the script users run.
-fn decoder() -> &'static PathBuf {
-    static DECODER: OnceLock<PathBuf> = OnceLock::new();
-    DECODER.get_or_init(|| {
+/// Build the static decoder once, with the script users run.
+fn build_decoder() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
         let out = run(&mut Command::new(root().join("scripts/build-decoder.sh")));
         assert!(out.status.success(), "scripts/build-decoder.sh failed:\n{}", text(&out));
-        root().join("target/challenge/cvq.xz")
-    })
+    });
 }
 
 /// The score line's number from `output`.
@@ -57,9 +56,12 @@ fn pack_and_evaluate(dir: &Path, segs: &[Segment], predictor: &str) -> (PathBuf,
     for s in segs {
         std::fs::write(originals.join(&s.name), s.to_npy_bytes().unwrap()).unwrap();
     }
+    // Run from elsewhere without --decoder: pack finds the one scripts/build-decoder.sh built.
+    build_decoder();
     let pack = run(Command::new(env!("CARGO_BIN_EXE_cvq"))
-        .args(["pack", "--predictor", predictor, "--decoder"])
-        .args([decoder(), &shard, Path::new("-o"), &zip]));
+        .current_dir(dir)
+        .args(["pack", "--predictor", predictor])
+        .args([&shard, Path::new("-o"), &zip]));
     assert!(pack.status.success(), "{}", text(&pack));
     let eval = run(Command::new(root().join("scripts/evaluate.sh")).args([&zip, &originals]));
     (zip, String::from_utf8_lossy(&pack.stdout).into_owned(), eval)

@@ -31,7 +31,7 @@ struct Measured {
 }
 
 /// `weights_bytes`: the size of the weights file the neural and mixed models ship with.
-pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: &Path, weights_bytes: usize) -> Result<()> {
+pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>, weights_bytes: usize) -> Result<()> {
     let models = [Model::ContextMix, Model::Neural(Arc::clone(weights)), Model::Mixed(Arc::clone(weights))];
     println!("neural weights: {:?}; one thread, one segment at a time", models[1]);
     println!(
@@ -215,7 +215,7 @@ fn archive_estimate(model: &Model, payload: usize) -> usize {
     one + (two - one) * (CHALLENGE_SEGMENTS - 1)
 }
 
-fn print_score(method: &str, archive: usize, weights: usize, decoder: &Path) -> Result<()> {
+fn print_score(method: &str, archive: usize, weights: usize, decoder: Option<&Path>) -> Result<()> {
     println!();
     println!(
         "challenge estimate for cvq {method}: {CHALLENGE_SEGMENTS} segments of {CHALLENGE_FRAMES} frames at the \
@@ -226,16 +226,20 @@ fn print_score(method: &str, archive: usize, weights: usize, decoder: &Path) -> 
         0 => println!("  weights                   none (the context mixer needs none)"),
         w => println!("  weights        {w:>12} bytes"),
     }
-    let decoder_bytes = match std::fs::metadata(decoder) {
-        Ok(m) => {
-            println!("  decoder        {:>12} bytes ({})", m.len(), decoder.display());
-            m.len() as usize
+    let found = super::pack::find_decoder(decoder).and_then(|path| match path.is_file() {
+        true => Ok(path),
+        false => Err(format!("decoder not built: none at {} (scripts/build-decoder.sh builds it)", path.display())),
+    });
+    let decoder_bytes = match found {
+        Ok(path) => {
+            let bytes = std::fs::metadata(&path).with_context(|| format!("{}: cannot read", path.display()))?.len();
+            println!("  decoder        {bytes:>12} bytes ({})", path.display());
+            bytes as usize
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            println!("  decoder not built ({}; scripts/build-decoder.sh); estimate leaves it out", decoder.display());
+        Err(not_found) => {
+            println!("  {not_found}; the estimate leaves it out");
             0
         }
-        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", decoder.display())),
     };
     println!("  decompress.py  {:>12} bytes", super::pack::DECOMPRESS_PY.len());
     let total = archive + weights + decoder_bytes + super::pack::DECOMPRESS_PY.len();

@@ -71,9 +71,10 @@ enum Command {
         inputs: InputOpts,
         #[arg(short, long, default_value = "submission.zip")]
         output: PathBuf,
-        /// The xz-compressed static decoder that scripts/build-decoder.sh writes.
-        #[arg(long, default_value = "target/challenge/cvq.xz")]
-        decoder: PathBuf,
+        /// The xz-compressed static decoder that scripts/build-decoder.sh writes [default:
+        /// cvq.xz beside this cvq, else the workspace's target/challenge/cvq.xz].
+        #[arg(long)]
+        decoder: Option<PathBuf>,
         #[command(flatten)]
         model: ModelOpts,
         #[command(flatten)]
@@ -142,9 +143,10 @@ enum Command {
         inputs: Vec<PathBuf>,
         #[command(flatten)]
         weights: WeightsOpt,
-        /// The xz-compressed challenge decoder, counted in the score estimate.
-        #[arg(long, default_value = "target/challenge/cvq.xz")]
-        decoder: PathBuf,
+        /// The xz-compressed challenge decoder, counted in the score estimate [default: as
+        /// for pack].
+        #[arg(long)]
+        decoder: Option<PathBuf>,
     },
     /// Draw where the bits go in one segment: a PNG heat map of bits per token over frame and
     /// position, and the bits of each frame.
@@ -335,7 +337,7 @@ pub fn main() -> Result<()> {
         }),
         Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
-            let decoder = pack::read_decoder(&decoder)?;
+            let decoder = pack::read_decoder(decoder.as_deref())?;
             let (model, weights) = model.load_with_bytes()?;
             let (archive, tokens) = build_archive(&inputs, None, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
@@ -349,7 +351,12 @@ pub fn main() -> Result<()> {
         Command::Eval { inputs, model, threads } => with_threads(threads, || eval(&inputs, &model.load()?)),
         Command::Bench { inputs, weights, decoder } => {
             let bytes = weights.bytes()?;
-            bench::run(&files::collect_inputs(&inputs, false)?, &weights.parse(&bytes)?, &decoder, bytes.len())
+            bench::run(
+                &files::collect_inputs(&inputs, false)?,
+                &weights.parse(&bytes)?,
+                decoder.as_deref(),
+                bytes.len(),
+            )
         }
         Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
         Command::Synth { weights, segments, frames, seed, output, manifest, run } => with_threads(run.threads, || {

@@ -6,7 +6,7 @@
 use super::files;
 use anyhow::{ensure, Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;
 
@@ -23,9 +23,36 @@ struct Member<'a> {
     deflate: bool,
 }
 
+/// Where the xz-compressed decoder is looked for when `--decoder` is not given, whatever the
+/// working directory: beside this executable, then in the workspace's `target/challenge/`
+/// (where scripts/build-decoder.sh writes it) seen from an executable in `target/<profile>/`.
+/// No path is compiled in, so the decoder's own bytes stay the same in every checkout.
+fn decoder_places() -> Vec<PathBuf> {
+    let exe = std::env::current_exe().ok().and_then(|e| e.canonicalize().ok());
+    let Some(dir) = exe.as_deref().and_then(Path::parent) else { return vec![] };
+    vec![dir.join("cvq.xz"), dir.join("../challenge/cvq.xz")]
+}
+
+/// The decoder to use: the one given, else the first that exists of `decoder_places`; `Err`
+/// lists where it looked.
+pub fn find_decoder(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let places = decoder_places();
+    places.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        let list: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+        format!(
+            "decoder not built: none at {} (scripts/build-decoder.sh builds it; or pass --decoder)",
+            list.join(" or ")
+        )
+    })
+}
+
 /// Read the xz-compressed decoder, refusing anything else.
-pub fn read_decoder(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| {
+pub fn read_decoder(given: Option<&Path>) -> Result<Vec<u8>> {
+    let path = find_decoder(given).map_err(anyhow::Error::msg)?;
+    let bytes = std::fs::read(&path).with_context(|| {
         format!("{}: cannot read the decoder (build it with scripts/build-decoder.sh)", path.display())
     })?;
     ensure!(bytes.starts_with(XZ_MAGIC), "{}: not an xz file (scripts/build-decoder.sh writes one)", path.display());
