@@ -422,3 +422,21 @@ fn parts_coded_apart_and_merged_equal_one_run() {
     let bad = cvq(&["compress", p(&input), "--part", "3/2", "-o", p(&tmp.path().join("x.cvq"))]);
     assert!(stderr(&bad).contains("a part is I/N with 1 <= I <= N"), "{}", stderr(&bad));
 }
+
+#[test]
+fn extract_writes_a_shards_segments_as_the_dataset_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs: Vec<_> =
+        (0..2).map(|i| common::synthetic(&format!("0a1b2c3d4e5f60718293a4b5c6d7e8f9_{i}"), 4, i)).collect();
+    let shard = tmp.path().join("data-0000.tar.gz");
+    cvq::data::shard::write_shard(&shard, &segs).unwrap();
+    let out = tmp.path().join("originals");
+    let e = cvq(&["extract", p(&shard), "-o", p(&out)]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    assert!(stderr(&e).contains("extracted 2 segments from 1 shard"), "{}", stderr(&e));
+    for s in &segs {
+        assert_eq!(std::fs::read(out.join(&s.name)).unwrap(), s.to_npy_bytes().unwrap());
+    }
+    let again = cvq(&["extract", p(&shard), "-o", p(&out)]);
+    assert!(stderr(&again).contains("already exists (use --force"), "{}", stderr(&again));
+}

@@ -8,6 +8,7 @@ mod plot;
 mod synth;
 
 use crate::archive::{self, Archive, CodedSegment};
+use crate::data::shard::read_shard;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
@@ -97,6 +98,18 @@ enum Command {
         weights: WeightsOpt,
         #[command(flatten)]
         run: RunOpts,
+    },
+    /// Write the segments of dataset shards (.tar.gz) as the dataset's original .npy files,
+    /// named as the grader names them: the originals that scripts/evaluate.sh compares with.
+    Extract {
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// Directory to write the files into (created if missing).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
     },
     /// Join archives of one model into one, without coding again (names must be unique).
     Merge {
@@ -345,6 +358,7 @@ pub fn main() -> Result<()> {
         Command::Decompress { archive, output, part, weights, run } => {
             with_threads(run.threads, || decompress(&archive, &output, part, &weights, run.force))
         }
+        Command::Extract { shards, output, force } => extract(&shards, &output, force),
         Command::Merge { archives, output, force } => part::merge(&archives, &output, force),
         Command::List { archive, weights } => list(&archive, &weights),
         Command::Test { archive, weights, threads } => with_threads(threads, || test(&archive, &weights)),
@@ -547,6 +561,31 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
         None => (bytes.len(), "archive"),
     };
     note(summary("decompressed", chosen.len(), tokens, stored, what, Some(start.elapsed().as_secs_f64())));
+    Ok(())
+}
+
+/// Write every segment of `shards` into `dir` under its dataset name. Each file is checked
+/// before it is written, and written whole.
+fn extract(shards: &[PathBuf], dir: &Path, force: bool) -> Result<()> {
+    files::output_dir(dir)?;
+    let mut written = 0;
+    for shard in shards {
+        read_shard(shard, |seg| {
+            let target = dir.join(&seg.name);
+            files::check_output(&target, force)?;
+            files::write_output(&target, &seg.to_npy_bytes()?, force)?;
+            detail(format_args!("{}: {}", target.display(), count(seg.frames(), "frame")));
+            written += 1;
+            Ok(())
+        })
+        .with_context(|| format!("{} segments written before this error", written))?;
+    }
+    note(format_args!(
+        "extracted {} from {} into {}",
+        count(written, "segment"),
+        count(shards.len(), "shard"),
+        dir.display()
+    ));
     Ok(())
 }
 
