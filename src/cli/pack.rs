@@ -40,7 +40,7 @@ pub fn find_decoder(given: Option<&Path>) -> Result<PathBuf, String> {
         return Ok(p.to_path_buf());
     }
     let places = decoder_places();
-    places.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+    places.iter().find_map(|p| p.canonicalize().ok().filter(|p| p.is_file())).ok_or_else(|| {
         let list: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
         format!(
             "decoder not built: none at {} (scripts/build-decoder.sh builds it; or pass --decoder)",
