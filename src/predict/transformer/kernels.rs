@@ -156,12 +156,10 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    std::is_x86_feature_detected!("avx2")
 }
 
 /// Dispatch to the AVX2 version when the CPU has it.
