@@ -4,6 +4,7 @@ mod bench;
 mod files;
 mod pack;
 mod part;
+#[cfg(feature = "plot")]
 mod plot;
 mod synth;
 
@@ -163,13 +164,18 @@ enum Command {
     },
     /// Draw where the bits go in one segment: a PNG heat map of bits per token over frame and
     /// position, and the bits of each frame.
+    #[cfg(feature = "plot")]
     Plot {
         input: PathBuf,
-        /// The PNG to write.
+        /// The picture to write: .png or .svg.
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
-        model: ModelOpts,
+        weights: WeightsOpt,
+        /// A predictor whose bits per frame are drawn; give it again for more on one chart.
+        /// The first also draws the heat map and the map by place in the frame.
+        #[arg(long = "predictor", value_enum, default_values_t = [Predictor::Mixed])]
+        predictors: Vec<Predictor>,
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
@@ -267,20 +273,27 @@ impl WeightsOpt {
     }
 }
 
-impl ModelOpts {
-    /// The predictor, with the weights file it was built from (none for the context mixer):
-    /// read once, so a zip never carries other weights than the archive was coded with.
-    fn load_with_bytes(&self) -> Result<(Model, Option<Cow<'static, [u8]>>)> {
-        let kind: fn(Arc<Transformer>) -> Model = match self.predictor {
-            Predictor::ContextMix => {
-                ensure!(self.weights.weights.is_none(), "--predictor context-mix uses no weights: drop --weights");
-                return Ok((Model::ContextMix, None));
-            }
+impl Predictor {
+    /// The predictor's model, with the weights file it was built from (none for the context
+    /// mixer): read once, so a zip never carries other weights than the archive was coded with.
+    fn load(self, weights: &WeightsOpt) -> Result<(Model, Option<Cow<'static, [u8]>>)> {
+        let kind: fn(Arc<Transformer>) -> Model = match self {
+            Predictor::ContextMix => return Ok((Model::ContextMix, None)),
             Predictor::Neural => Model::Neural,
             Predictor::Mixed => Model::Mixed,
         };
-        let bytes = self.weights.bytes()?;
-        Ok((kind(self.weights.parse(&bytes)?), Some(bytes)))
+        let bytes = weights.bytes()?;
+        Ok((kind(weights.parse(&bytes)?), Some(bytes)))
+    }
+}
+
+impl ModelOpts {
+    fn load_with_bytes(&self) -> Result<(Model, Option<Cow<'static, [u8]>>)> {
+        ensure!(
+            self.predictor != Predictor::ContextMix || self.weights.weights.is_none(),
+            "--predictor context-mix uses no weights: drop --weights"
+        );
+        self.predictor.load(&self.weights)
     }
 
     fn load(&self) -> Result<Model> {
@@ -372,7 +385,11 @@ pub fn main() -> Result<()> {
                 bytes.len(),
             )
         }
-        Command::Plot { input, output, model, force } => plot::run(&input, &model.load()?, &output, force),
+        #[cfg(feature = "plot")]
+        Command::Plot { input, output, weights, predictors, force } => {
+            let models = predictors.iter().map(|p| Ok(p.load(&weights)?.0)).collect::<Result<Vec<_>>>()?;
+            plot::run(&input, &models, &output, force)
+        }
         Command::Synth { weights, segments, frames, seed, output, manifest, run } => with_threads(run.threads, || {
             let plan =
                 synth::Plan { segments, frames, seed, dir: &output, manifest: manifest.as_deref(), force: run.force };
