@@ -44,6 +44,12 @@ pub fn archive_model(archive: &Archive, weights: Option<&Arc<Transformer>>) -> R
             return Ok(m);
         }
     }
+    if let Some((release, name)) = Model::retired(&id, weights.map(|t| &**t)) {
+        bail!(
+            "archive was written by the {name} predictor of cvq {release}, which cvq {} no longer decodes: decompress it with cvq {release}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
     match weights {
         Some(t) => bail!(
             "archive was written by model {}..., which is neither the context mixer nor a model of weights {}...: pass the weights it was written with (--weights)",

@@ -440,3 +440,21 @@ fn extract_writes_a_shards_segments_as_the_dataset_files() {
     let again = cvq(&["extract", p(&shard), "-o", p(&out)]);
     assert!(stderr(&again).contains("already exists (use --force"), "{}", stderr(&again));
 }
+
+#[test]
+fn archives_of_the_previous_release_are_refused_by_name() {
+    // Written by cvq 0.1.0 (tests/data/README.md): three frames of the clip.
+    let tmp = tempfile::tempdir().unwrap();
+    for predictor in ["mixed", "context-mix"] {
+        let old = common::real_data(&format!("cvq-0.1-{predictor}.cvq"));
+        let out = tmp.path().join(predictor);
+        let d = cvq(&["decompress", p(&old), "-o", p(&out)]);
+        assert_eq!(d.status.code(), Some(1));
+        let expected = format!(
+            "written by the {predictor} predictor of cvq 0.1, which cvq {} no longer decodes",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
+        assert!(!out.exists(), "nothing is written");
+    }
+}

@@ -539,7 +539,9 @@ fn archive_name(path: &Path) -> String {
 
 /// The predictor that wrote `archive`, loading the weights only if it needs them.
 fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
-    let neural = if archive.model_id == Model::ContextMix.id() { None } else { Some(weights.load()?) };
+    let id = archive.model_id;
+    let needs_weights = id != Model::ContextMix.id() && Model::retired(&id, None).is_none();
+    let neural = if needs_weights { Some(weights.load()?) } else { None };
     archive_model(archive, neural.as_ref())
 }
 

@@ -18,7 +18,7 @@ use super::{Interval, Predictor, TOTAL};
 use crate::data::TOKENS_PER_FRAME;
 
 /// Hashed into the archive's model id: change it whenever the bitstream would change.
-pub const ID: &[u8] = b"cvq context-mix 1";
+pub const ID: &[u8] = b"cvq context-mix 2";
 
 const DEPTH: usize = 10;
 /// The tree is cut into two levels of 5 decisions; each (context, level, prefix) owns a slot
@@ -44,12 +44,14 @@ const INITIAL_WEIGHT: i32 = 1 << 13;
 const INITIAL_PRIOR_WEIGHT: i32 = 3 << 14;
 /// Weights are kept within +-256.0, far beyond any useful value, so no input can overflow them.
 const MAX_WEIGHT: i32 = 1 << 24;
-/// Largest counter table per model, in bits of entries (16 MiB of u32). Larger tables code
-/// better (2^23: 5.90 bits/token on the clip, 2^24: 5.87) at 2-4x the memory.
+/// Largest counter table per model, in bits of entries (16 MiB of u32). With two-slot buckets,
+/// on the clip: 2^22 5.8620 bits/token, 2^21 5.8876, 2^20 5.9571 (one slot per bucket, as
+/// cvq 0.1 had it: 2^22 5.9439).
 const MAX_TABLE_BITS: u32 = 22;
 /// With a prior the counters matter less and eight segments code in lockstep, so the tables
-/// stay half as large (on the clip, mixed: 2^22 4.3424 bits/token, 2^21 4.3441, 2^20 4.3484).
-const MAX_TABLE_BITS_WITH_PRIOR: u32 = 21;
+/// are 8x smaller: 29 MiB a segment. Mixed, two-slot buckets, on the clip: 2^19 4.3210
+/// bits/token, 2^18 4.3267 (cvq 0.1's one slot per bucket: 2^21 4.3206, 2^19 4.3322).
+const MAX_TABLE_BITS_WITH_PRIOR: u32 = 19;
 
 /// One counter: a 22-bit probability of a 1 bit and a 10-bit count of updates.
 type Counter = u32;
@@ -165,11 +167,19 @@ impl ContextMix {
         out
     }
 
-    /// Model `m`'s counter slot for context `key` at the tree level entered at `node`.
+    /// Model `m`'s counter slot for context `key` at the tree level entered at `node`: one of
+    /// a bucket of two, the one the context owns or else the less used one (by the count of
+    /// its root counter), which `learn` then claims.
     fn slot(&self, m: usize, key: u64, node: usize) -> Slot {
         let h = mix64(key ^ mix64(node as u64 + ((m as u64) << 16)));
-        let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize;
-        Slot { base: (m << self.table_bits) | (index << SLOT_BITS), check: h as u32 | 1 }
+        let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize & !1;
+        let check = h as u32 | 1;
+        let bases = [0, 1].map(|w| (m << self.table_bits) | ((index | w) << SLOT_BITS));
+        let base = match bases.iter().find(|&&b| self.counters[b] == check) {
+            Some(&b) => b,
+            None => *bases.iter().min_by_key(|&&b| self.counters[b + 1] & 1023).expect("two"),
+        };
+        Slot { base, check }
     }
 
     /// Walk the tree from the root, choosing each bit with `choose(start_of_one_branch, depth)`;

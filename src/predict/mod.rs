@@ -48,7 +48,11 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
 }
 
 /// Hashed with the weights' hash into the mixed model's id.
-const MIXED_ID: &[u8] = b"cvq mixed 2";
+const MIXED_ID: &[u8] = b"cvq mixed 3";
+
+/// Predictors of earlier releases, whose bitstreams this one no longer decodes, with the
+/// release that does: the context mixer's id string, the mixed model's, and the release.
+const RETIRED: [(&[u8], &[u8], &str); 1] = [(b"cvq context-mix 1", b"cvq mixed 2", "0.1")];
 
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
@@ -88,6 +92,21 @@ impl Model {
             Model::Neural(t) => t.hash,
             Model::Mixed(t) => Sha256::new().chain_update(MIXED_ID).chain_update(t.hash).finalize().into(),
         }
+    }
+
+    /// The release and predictor name of an archive id that an earlier release wrote with the
+    /// context mixer, or with the mixed model of weights `t`.
+    pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<(&'static str, &'static str)> {
+        use sha2::{Digest, Sha256};
+        RETIRED.iter().find_map(|&(cm, mixed, release)| {
+            let mixed_id =
+                t.map(|t| <[u8; 32]>::from(Sha256::new().chain_update(mixed).chain_update(t.hash).finalize()));
+            if Sha256::digest(cm).as_slice() == id {
+                Some((release, "context-mix"))
+            } else {
+                (mixed_id.as_ref() == Some(id)).then_some((release, "mixed"))
+            }
+        })
     }
 
     /// The predictor's short name, as `--predictor` spells it.
