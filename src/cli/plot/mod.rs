@@ -10,6 +10,8 @@ use crate::code::token_bits;
 use crate::data::{read_segment_file, Segment, TOKENS_PER_FRAME};
 use crate::predict::Model;
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use plotters::chart::MeshStyle;
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
@@ -129,6 +131,27 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, name: &str, curves: &
     frame_chart(&frames, curves)
 }
 
+/// A chart with a caption and room for axis labels (`y_labels` pixels wide at the left).
+fn titled_chart<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: impl AsRef<str>,
+    y_labels: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(area);
+    builder.caption(caption, font(18)).margin(10).x_label_area_size(40).y_label_area_size(y_labels);
+    builder
+}
+
+/// Draw a chart's axes in the text styles all the charts share.
+fn draw_axes<X, Y, DB>(mesh: &mut MeshStyle<'_, '_, X, Y, DB>) -> Result<()>
+where
+    X: Ranged + ValueFormatter<X::ValueType>,
+    Y: Ranged + ValueFormatter<Y::ValueType>,
+    DB: DrawingBackend,
+{
+    mesh.label_style(font(14)).axis_desc_style(font(16)).draw().map_err(drawing)
+}
+
 fn heat_colour(bits: f64) -> RGBColor {
     ViridisRGB.get_color((bits / HEAT_MAX).clamp(0.0, 1.0) as f32)
 }
@@ -144,22 +167,9 @@ fn heat_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curve) -> Res
         1 => "bits per token".to_string(),
         n => format!("bits per token (each column the mean of {n} frames)"),
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, font(18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..frames, TOKENS_PER_FRAME..0usize)
-        .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_desc("frame")
-        .y_desc("position in frame (raster order)")
-        .label_style(font(14))
-        .axis_desc_style(font(16))
-        .draw()
-        .map_err(drawing)?;
+    let mut chart =
+        titled_chart(area, caption, 60).build_cartesian_2d(0..frames, TOKENS_PER_FRAME..0usize).map_err(drawing)?;
+    draw_axes(chart.configure_mesh().disable_mesh().x_desc("frame").y_desc("position in frame (raster order)"))?;
     let cells = (0..frames).step_by(per_column).flat_map(|f0| {
         let f1 = (f0 + per_column).min(frames);
         (0..TOKENS_PER_FRAME).map(move |k| {
@@ -180,16 +190,7 @@ fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> Result<()> {
         .y_label_area_size(50)
         .build_cartesian_2d(0..1, 0.0..HEAT_MAX)
         .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .disable_x_axis()
-        .y_labels(9)
-        .y_desc("bits/token")
-        .label_style(font(14))
-        .axis_desc_style(font(16))
-        .draw()
-        .map_err(drawing)?;
+    draw_axes(chart.configure_mesh().disable_mesh().disable_x_axis().y_labels(9).y_desc("bits/token"))?;
     let steps = 128;
     let strip = (0..steps).map(|i| {
         let (lo, hi) = (HEAT_MAX * i as f64 / steps as f64, HEAT_MAX * (i + 1) as f64 / steps as f64);
@@ -209,24 +210,12 @@ fn position_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curve) ->
         .map(|k| mean(&(0..frames).map(|f| c.bits[f * TOKENS_PER_FRAME + k]).collect::<Vec<_>>()))
         .collect();
     let (lo, hi) = means.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("mean bits/token by place in the frame ({lo:.2} to {hi:.2})"), font(18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(40)
+    let mut chart = titled_chart(area, format!("mean bits/token by place in the frame ({lo:.2} to {hi:.2})"), 40)
         .build_cartesian_2d(0..FRAME_COLS, FRAME_ROWS..0usize)
         .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(FRAME_COLS)
-        .y_labels(FRAME_ROWS)
-        .x_desc("column")
-        .y_desc("row")
-        .label_style(font(14))
-        .axis_desc_style(font(16))
-        .draw()
-        .map_err(drawing)?;
+    draw_axes(
+        chart.configure_mesh().disable_mesh().x_labels(FRAME_COLS).y_labels(FRAME_ROWS).x_desc("column").y_desc("row"),
+    )?;
     let scale = |v: f64| ((v - lo) / (hi - lo).max(1e-9)) as f32;
     let cells = means.iter().enumerate().map(|(k, &v)| {
         let (row, col) = (k / FRAME_COLS, k % FRAME_COLS);
@@ -251,21 +240,10 @@ fn position_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curve) ->
 fn frame_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, curves: &[Curve]) -> Result<()> {
     let frames = curves[0].per_frame.len();
     let top = curves.iter().flat_map(|c| c.per_frame.iter()).fold(0.0f64, |m, &v| m.max(v));
-    let mut chart = ChartBuilder::on(area)
-        .caption("bits per token of each frame", font(18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = titled_chart(area, "bits per token of each frame", 60)
         .build_cartesian_2d(0..frames.max(2) - 1, 0.0..(top / 2.0).ceil().max(1.0) * 2.0)
         .map_err(drawing)?;
-    chart
-        .configure_mesh()
-        .x_desc("frame")
-        .y_desc("bits/token")
-        .label_style(font(14))
-        .axis_desc_style(font(16))
-        .draw()
-        .map_err(drawing)?;
+    draw_axes(chart.configure_mesh().x_desc("frame").y_desc("bits/token"))?;
     // The first predictor is drawn last, on top of the others.
     for (i, c) in curves.iter().enumerate().rev() {
         let colour = LINE_COLOURS[i % LINE_COLOURS.len()];
