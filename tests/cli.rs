@@ -373,7 +373,9 @@ fn quiet_says_nothing_verbose_names_each_segment_and_every_command_has_a_version
     for name in &names {
         assert!(stderr(&v).contains(&format!("{name}: ")), "{}", stderr(&v));
     }
-    for command in ["compress", "decompress", "list", "test", "eval", "pack", "bench", "plot", "synth"] {
+    for command in
+        ["compress", "decompress", "list", "test", "merge", "extract", "eval", "pack", "bench", "plot", "synth"]
+    {
         let o = cvq(&[command, "--version"]);
         assert!(o.status.success(), "{command}");
         assert!(String::from_utf8(o.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")), "{command}");
