@@ -6,7 +6,7 @@
 //! (1/256 nats); probabilities and exponentials are Q30.
 
 /// log2(e) in Q24.
-const LOG2_E_Q24: u64 = 24_204_406;
+pub(super) const LOG2_E_Q24: u64 = 24_204_406;
 
 /// Q30 values of `2^(-f/256)` for f in 0..=256, and the GELU table.
 pub struct Tables {
@@ -37,6 +37,11 @@ impl Tables {
         let mut t = Tables { exp2_frac, gelu: vec![] };
         t.gelu = (0..=1024).map(|i| t.gelu_exact((i as i64 - 512) << 6)).collect();
         t
+    }
+
+    /// The Q30 values of `2^(-f/256)`, f in 0..=256, that `exp_neg` interpolates.
+    pub(super) fn exp2_frac(&self) -> &[u64; 257] {
+        &self.exp2_frac
     }
 
     /// `e^(-d/256)` in Q30 for a Q8 distance `d >= 0`.

@@ -9,6 +9,8 @@
 //! Safety: each public function is safe for any arguments. The AVX2 versions are private;
 //! `matmul` and `scores` check, once per call, what their raw loads rely on.
 
+use super::fixed::{shift_round, Tables, LOG2_E_Q24};
+
 #[inline(always)]
 fn dot_generic(a: &[i16], b: &[i16]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).fold(0, |s, v| s.wrapping_add(v))
@@ -46,9 +48,123 @@ fn weighted_sum_generic(probs: &[i32], values: &[i16], stride: usize, offset: us
     }
 }
 
+/// One attention head's logits and their exponentials: `scores[i]` becomes the logit
+/// `shift_round(scores[i], shift - key_shift[i])` plus `bias[i]` (saturating), and
+/// `weights[i] = exp_neg(max - logit)` with `max` the largest logit.
+#[inline(always)]
+fn softmax_weights_generic(
+    scores: &mut [i32],
+    shift: i32,
+    key_shift: &[i32],
+    bias: &[i32],
+    tables: &Tables,
+    weights: &mut [u64],
+) {
+    for ((lg, &ks), &b) in scores.iter_mut().zip(key_shift).zip(bias) {
+        *lg = shift_round(i64::from(*lg), shift - ks).saturating_add(b);
+    }
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for (w, &lg) in weights.iter_mut().zip(scores.iter()) {
+        // Both are i32, so the distance fits a u32.
+        *w = tables.exp_neg((i64::from(max) - i64::from(lg)) as u32);
+    }
+}
+
+/// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
+/// its value's shift below `vmax`, the largest shift among the slots with weight.
+#[inline(always)]
+fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
+    for ((pr, &w), &vs) in probs.iter_mut().zip(weights).zip(value_shift) {
+        let gap = (vmax - vs) as u32;
+        *pr = if gap >= 32 { 0 } else { ((w * inv) >> (32 + gap)) as i32 };
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{Tables, LOG2_E_Q24};
     use std::arch::x86_64::*;
+
+    /// `softmax_weights` with every shift `shift - key_shift[i]` in 1..=31: then the rounded
+    /// shift is `(v >> s) + (v >> (s - 1) & 1)` in i32 (`vpsravd`), 8 logits at a time, and
+    /// `exp_neg` runs on 4 u64 lanes (`vpmuludq`, a table gather, `vpsrlvq`; its result is
+    /// below 2^31, so shifts of 31 or more give 0 as the scalar code's early return does).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn softmax_weights(
+        scores: &mut [i32],
+        shift: i32,
+        key_shift: &[i32],
+        bias: &[i32],
+        tables: &Tables,
+        weights: &mut [u64],
+    ) {
+        let n = scores.len();
+        let full = n / 8 * 8;
+        let (base, one) = (_mm256_set1_epi32(shift), _mm256_set1_epi32(1));
+        let mut maxv = _mm256_set1_epi32(i32::MIN);
+        for i in (0..full).step_by(8) {
+            let ld = |x: &[i32]| _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+            let (v, s, b) = (ld(scores), _mm256_sub_epi32(base, ld(key_shift)), ld(bias));
+            let half = _mm256_and_si256(_mm256_srav_epi32(v, _mm256_sub_epi32(s, one)), one);
+            let r = _mm256_add_epi32(_mm256_srav_epi32(v, s), half);
+            // Saturating add: on overflow (both signs equal, the sum's differs) the bound of r's sign.
+            let sum = _mm256_add_epi32(r, b);
+            let overflow = _mm256_srai_epi32(_mm256_and_si256(_mm256_xor_si256(r, sum), _mm256_xor_si256(b, sum)), 31);
+            let bound = _mm256_xor_si256(_mm256_srai_epi32(r, 31), _mm256_set1_epi32(i32::MAX));
+            let lg = _mm256_blendv_epi8(sum, bound, overflow);
+            _mm256_storeu_si256(scores.as_mut_ptr().add(i) as *mut __m256i, lg);
+            maxv = _mm256_max_epi32(maxv, lg);
+        }
+        for i in full..n {
+            scores[i] = super::shift_round(i64::from(scores[i]), shift - key_shift[i]).saturating_add(bias[i]);
+        }
+        let mut lanes = [i32::MIN; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, maxv);
+        let max = lanes.iter().chain(&scores[full..]).copied().max().unwrap_or(i32::MIN);
+
+        let table = tables.exp2_frac();
+        let full4 = n / 4 * 4;
+        let (maxq, log2e) = (_mm_set1_epi32(max), _mm256_set1_epi64x(LOG2_E_Q24 as i64));
+        let (byte, low16, round) = (_mm256_set1_epi64x(255), _mm256_set1_epi64x(0xffff), _mm256_set1_epi64x(1 << 15));
+        for i in (0..full4).step_by(4) {
+            let lg = _mm_loadu_si128(scores.as_ptr().add(i) as *const __m128i);
+            // max - lg as a u32, widened to u64 lanes.
+            let d = _mm256_cvtepu32_epi64(_mm_sub_epi32(maxq, lg));
+            let y = _mm256_mul_epu32(d, log2e);
+            let whole = _mm256_srli_epi64(y, 32);
+            let f = _mm256_and_si256(_mm256_srli_epi64(y, 24), byte);
+            let r = _mm256_and_si256(_mm256_srli_epi64(y, 8), low16);
+            // In bounds: f <= 255 and the table has 257 entries.
+            let a = _mm256_i64gather_epi64(table.as_ptr() as *const i64, f, 8);
+            let b = _mm256_i64gather_epi64(table.as_ptr().add(1) as *const i64, f, 8);
+            let step = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epu32(_mm256_sub_epi64(a, b), r), round), 16);
+            let e = _mm256_srlv_epi64(_mm256_sub_epi64(a, step), whole);
+            _mm256_storeu_si256(weights.as_mut_ptr().add(i) as *mut __m256i, e);
+        }
+        for i in full4..n {
+            weights[i] = tables.exp_neg((i64::from(max) - i64::from(scores[i])) as u32);
+        }
+    }
+
+    /// `probabilities` on 4 u64 lanes: `w * inv < 2^52` is one `vpmuludq` (both below 2^32),
+    /// and `vpsrlvq` by `32 + gap` gives 0 for gaps of 32 or more, as the scalar code does; a
+    /// negative gap only occurs where the weight is 0.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
+        let n = weights.len();
+        let full4 = n / 4 * 4;
+        let (invv, vmaxq, thirty_two) = (_mm256_set1_epi64x(inv as i64), _mm_set1_epi32(vmax), _mm256_set1_epi64x(32));
+        let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        for i in (0..full4).step_by(4) {
+            let w = _mm256_loadu_si256(weights.as_ptr().add(i) as *const __m256i);
+            let vs = _mm_loadu_si128(value_shift.as_ptr().add(i) as *const __m128i);
+            let gap = _mm256_cvtepi32_epi64(_mm_sub_epi32(vmaxq, vs));
+            let p = _mm256_srlv_epi64(_mm256_mul_epu32(w, invv), _mm256_add_epi64(gap, thirty_two));
+            let packed = _mm256_permutevar8x32_epi32(p, low_halves);
+            _mm_storeu_si128(probs.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+        }
+        super::probabilities_generic(&weights[full4..], &value_shift[full4..], vmax, inv, &mut probs[full4..]);
+    }
 
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot(a: &[i16], b: &[i16]) -> i32 {
@@ -198,6 +314,42 @@ pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[us
     dispatch!(scores(q, keys, stride, offset, slots, out), scores_generic)
 }
 
+/// See `softmax_weights_generic`. Panics unless the slices have one length.
+pub fn softmax_weights(
+    scores: &mut [i32],
+    shift: i32,
+    key_shift: &[i32],
+    bias: &[i32],
+    tables: &Tables,
+    weights: &mut [u64],
+) {
+    let n = scores.len();
+    assert!(key_shift.len() == n && bias.len() == n && weights.len() == n, "softmax_weights: slices of one length");
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        let (lo, hi) = key_shift.iter().fold((i32::MAX, i32::MIN), |(lo, hi), &k| (lo.min(k), hi.max(k)));
+        // Every shift in 1..=31 (compared in i64: no overflow): the case the AVX2 version takes.
+        if n > 0 && i64::from(shift) - i64::from(hi) >= 1 && i64::from(shift) - i64::from(lo) <= 31 {
+            // SAFETY: AVX2 is present; the slices have one length, checked above.
+            return unsafe { avx2::softmax_weights(scores, shift, key_shift, bias, tables, weights) };
+        }
+    }
+    softmax_weights_generic(scores, shift, key_shift, bias, tables, weights)
+}
+
+/// See `probabilities_generic`. Panics unless the slices have one length.
+pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
+    let n = weights.len();
+    assert!(value_shift.len() == n && probs.len() == n, "probabilities: slices of one length");
+    // The AVX2 version's single multiply needs both factors below 2^32.
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && inv < 1 << 32 && weights.iter().all(|&w| w < 1 << 32) {
+        // SAFETY: AVX2 is present; the slices have one length, checked above.
+        return unsafe { avx2::probabilities(weights, value_shift, vmax, inv, probs) };
+    }
+    probabilities_generic(weights, value_shift, vmax, inv, probs)
+}
+
 pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
     dispatch!(weighted_sum(probs, values, stride, offset, slots, acc), weighted_sum_generic)
 }
@@ -233,6 +385,19 @@ pub mod portable {
     }
     pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
         super::weighted_sum_generic(probs, values, stride, offset, slots, acc)
+    }
+    pub fn softmax_weights(
+        scores: &mut [i32],
+        shift: i32,
+        key_shift: &[i32],
+        bias: &[i32],
+        tables: &super::Tables,
+        weights: &mut [u64],
+    ) {
+        super::softmax_weights_generic(scores, shift, key_shift, bias, tables, weights)
+    }
+    pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
+        super::probabilities_generic(weights, value_shift, vmax, inv, probs)
     }
 }
 
@@ -273,6 +438,48 @@ mod tests {
         weighted_sum(&probs, &keys, 64, 32, &slots, &mut a1);
         portable::weighted_sum(&probs, &keys, 64, 32, &slots, &mut a2);
         assert_eq!(a1, a2);
+    }
+
+    /// The attention softmax's vector versions against the portable ones, on windows whose
+    /// lengths leave tails, with shifts inside and outside the vector case, logits near the
+    /// i32 bounds (saturating bias), far apart (exponentials of 0) and gaps past 32.
+    #[test]
+    fn softmax_kernels_give_the_portable_integers() {
+        let tables = Tables::new();
+        let mut x = 0x2545_f491u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for n in [1usize, 3, 4, 7, 8, 9, 31, 384, 641] {
+            for (shift, spread, big) in [(16, 6, false), (20, 30, false), (3, 9, false), (16, 4, true), (40, 3, false)]
+            {
+                let scores: Vec<i32> =
+                    (0..n).map(|_| if big { next() as i32 } else { (next() % (1 << 24)) as i32 - (1 << 23) }).collect();
+                let key_shift: Vec<i32> = (0..n).map(|_| (next() % spread) as i32 - 2).collect();
+                let bias: Vec<i32> = (0..n)
+                    .map(|i| match i % 5 {
+                        0 => i32::MAX - (next() % 4) as i32,
+                        1 => i32::MIN + (next() % 4) as i32,
+                        _ => (next() % 4096) as i32 - 2048,
+                    })
+                    .collect();
+                let (mut s1, mut s2) = (scores.clone(), scores);
+                let (mut w1, mut w2) = (vec![0; n], vec![0; n]);
+                softmax_weights(&mut s1, shift, &key_shift, &bias, &tables, &mut w1);
+                portable::softmax_weights(&mut s2, shift, &key_shift, &bias, &tables, &mut w2);
+                assert_eq!((s1, &w1), (s2, &w2), "n {n}, shift {shift}, spread {spread}");
+                let sum = w1.iter().sum::<u64>().max(1 << 30);
+                let value_shift: Vec<i32> = (0..n).map(|_| (next() % 40) as i32 - 5).collect();
+                let vmax = value_shift.iter().zip(&w1).filter(|(_, &w)| w > 0).map(|(&v, _)| v).max().unwrap_or(0);
+                let (mut p1, mut p2) = (vec![0; n], vec![0; n]);
+                probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p1);
+                portable::probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p2);
+                assert_eq!(p1, p2, "n {n}, shift {shift}");
+            }
+        }
     }
 
     /// Slots past the cache (or whose offset overflows) are a panic, never a read outside

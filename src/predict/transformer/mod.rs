@@ -244,10 +244,11 @@ impl Transformer {
         let (slots, offsets) = window;
         let here = *slots.last().expect("the window holds the element itself");
         let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
+        let n = slots.len();
         let mut q = vec![0i16; hd];
-        let mut logits = vec![0i32; slots.len()];
-        let mut weights = vec![0u64; slots.len()];
-        let mut probs = vec![0i32; slots.len()];
+        let (mut logits, mut probs) = (vec![0i32; n], vec![0i32; n]);
+        let (mut key_shift, mut value_shift, mut bias) = (vec![0i32; n], vec![0i32; n], vec![0i32; n]);
+        let mut weights = vec![0u64; n];
         let mut acc = vec![0i32; hd];
         for h in 0..heads {
             let span = h * hd..(h + 1) * hd;
@@ -257,24 +258,18 @@ impl Transformer {
                 quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut values.q[here * d..][span.clone()]);
             let sq = quantize(&qkv[span.clone()], &mut q);
             kernels::scores(&q, &keys.q, d, span.start, slots, &mut logits);
-            let bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
-            for ((lg, &slot), &dt) in logits.iter_mut().zip(slots).zip(offsets) {
-                let sk = keys.shift[slot * heads + h];
-                *lg = shift_round(i64::from(*lg), 16 - sq - sk).saturating_add(bias[dt]);
+            // The window's shifts and frame biases side by side, for the vector kernels.
+            let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
+            for (i, (&slot, &dt)) in slots.iter().zip(offsets).enumerate() {
+                (key_shift[i], value_shift[i]) = (keys.shift[slot * heads + h], values.shift[slot * heads + h]);
+                bias[i] = frame_bias[dt];
             }
-            let max = *logits.iter().max().unwrap();
-            for (w, &lg) in weights.iter_mut().zip(&logits) {
-                *w = self.tables.exp_neg((i64::from(max) - i64::from(lg)).min(i64::from(u32::MAX)) as u32);
-            }
-            // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits).
+            kernels::softmax_weights(&mut logits, 16 - sq, &key_shift, &bias, &self.tables, &mut weights);
+            // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
+            // scaled down to the largest value shift in the window.
             let inv = (1u64 << 51) / weights.iter().sum::<u64>();
-            let vshift = |slot: usize| values.shift[slot * heads + h];
-            let vmax = slots.iter().zip(&weights).filter(|(_, &w)| w > 0).map(|(&slot, _)| vshift(slot)).max().unwrap();
-            for ((pr, &w), &slot) in probs.iter_mut().zip(&weights).zip(slots) {
-                // Probability in Q19, scaled down to the largest value shift in the window.
-                let gap = (vmax - vshift(slot)) as u32;
-                *pr = if gap >= 32 { 0 } else { ((w * inv) >> (32 + gap)) as i32 };
-            }
+            let vmax = value_shift.iter().zip(&weights).filter(|(_, &w)| w > 0).map(|(&v, _)| v).max().unwrap();
+            kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
             acc.fill(0);
             kernels::weighted_sum(&probs, &values.q, d, span.start, slots, &mut acc);
             for (o, &a) in out[span].iter_mut().zip(&acc) {
