@@ -39,7 +39,9 @@ impl Tables {
         t
     }
 
-    /// The Q30 values of `2^(-f/256)`, f in 0..=256, that `exp_neg` interpolates.
+    /// The Q30 values of `2^(-f/256)`, f in 0..=256, that `exp_neg` interpolates (for the
+    /// AVX2 kernel).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn exp2_frac(&self) -> &[u64; 257] {
         &self.exp2_frac
     }

@@ -9,7 +9,7 @@
 //! Safety: each public function is safe for any arguments. The AVX2 versions are private;
 //! `matmul` and `scores` check, once per call, what their raw loads rely on.
 
-use super::fixed::{shift_round, Tables, LOG2_E_Q24};
+use super::fixed::{shift_round, Tables};
 
 #[inline(always)]
 fn dot_generic(a: &[i16], b: &[i16]) -> i32 {
@@ -82,7 +82,8 @@ fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tables, LOG2_E_Q24};
+    use super::super::fixed::LOG2_E_Q24;
+    use super::Tables;
     use std::arch::x86_64::*;
 
     /// `softmax_weights` with every shift `shift - key_shift[i]` in 1..=31: then the rounded
