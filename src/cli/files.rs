@@ -64,8 +64,7 @@ pub fn inputs(paths: &[PathBuf], recursive: bool, stdin_name: Option<&str>) -> R
         if is_std(&p) {
             let name =
                 stdin_name.context("- reads a segment from stdin: name it with --name (its dataset file name)")?;
-            let mut bytes = vec![];
-            std::io::stdin().lock().read_to_end(&mut bytes).context("stdin: cannot read")?;
+            let bytes = read_all(&p)?;
             out.push(Input::Loaded(
                 parse_segment(name.to_string(), &bytes).context("stdin: not a valid token segment")?,
             ));
@@ -197,17 +196,31 @@ fn check_stream(path: &Path) -> Result<()> {
     #[cfg(not(unix))]
     let device = || false;
     let terminal = if is_std(path) { std::io::stdout().is_terminal() } else { device() };
-    ensure!(!terminal, "{}: is a terminal, and cvq writes binary data: redirect it to a file or a pipe", shown(path));
+    ensure!(
+        !terminal,
+        "{}: is a terminal, and cvq writes binary data: redirect it to a file or a pipe",
+        shown(path, "stdout")
+    );
     Ok(())
 }
 
-/// A path as messages name it: `-` is stdout.
-fn shown(path: &Path) -> String {
+/// A path as messages name it: `-` is `std` (stdin or stdout).
+pub fn shown(path: &Path, std: &str) -> String {
     if is_std(path) {
-        "stdout".into()
+        std.into()
     } else {
         path.display().to_string()
     }
+}
+
+/// The bytes of a file, or of stdin for `-`.
+pub fn read_all(path: &Path) -> Result<Vec<u8>> {
+    if !is_std(path) {
+        return std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()));
+    }
+    let mut bytes = vec![];
+    std::io::stdin().lock().read_to_end(&mut bytes).context("stdin: cannot read")?;
+    Ok(bytes)
 }
 
 /// Write `bytes` to `path`: streams (see `is_stream`) as they are, files atomically.
@@ -221,7 +234,7 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     } else {
         std::fs::File::options().write(true).open(path).and_then(|mut f| f.write_all(bytes))
     };
-    result.with_context(|| format!("{}: cannot write", shown(path)))
+    result.with_context(|| format!("{}: cannot write", shown(path, "stdout")))
 }
 
 /// Write `bytes` to a temporary file beside the file `path` names (the target of a symlink

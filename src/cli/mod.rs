@@ -22,7 +22,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use part::Part;
 use rayon::prelude::*;
 use std::borrow::Cow;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -517,26 +516,6 @@ fn decode_all(
     Ok(())
 }
 
-/// An archive's bytes, from a file or from stdin (`-`).
-fn read_archive(path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = vec![];
-    if files::is_std(path) {
-        std::io::stdin().lock().read_to_end(&mut bytes).context("stdin: cannot read")?;
-    } else {
-        bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    }
-    Ok(bytes)
-}
-
-/// How messages name an archive read from `path`.
-fn archive_name(path: &Path) -> String {
-    if files::is_std(path) {
-        "stdin".into()
-    } else {
-        path.display().to_string()
-    }
-}
-
 /// The predictor that wrote `archive`, loading the weights only if it needs them.
 fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
     let id = archive.model_id;
@@ -546,8 +525,8 @@ fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
 }
 
 fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &WeightsOpt, force: bool) -> Result<()> {
-    let at = || archive_name(archive_path);
-    let bytes = read_archive(archive_path)?;
+    let at = || files::shown(archive_path, "stdin");
+    let bytes = files::read_all(archive_path)?;
     let archive = archive::parse(&bytes).with_context(at)?;
     let model = model_of(&archive, weights).with_context(at)?;
     let all: Vec<usize> = (0..archive.entries.len()).collect();
@@ -611,8 +590,8 @@ fn extract(shards: &[PathBuf], dir: &Path, force: bool) -> Result<()> {
 /// Print an archive's contents: each segment's name, frames, stored bytes and bits/token, the
 /// predictor and the totals. Reads the index only.
 fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
-    let bytes = read_archive(archive_path)?;
-    let archive = archive::parse_index(&bytes).with_context(|| archive_name(archive_path))?;
+    let bytes = files::read_all(archive_path)?;
+    let archive = archive::parse_index(&bytes).with_context(|| files::shown(archive_path, "stdin"))?;
     // Name the predictor where the weights at hand wrote it; an archive is listed without them.
     let predictor = match model_of(&archive, weights) {
         Ok(m) => match m.transformer() {
@@ -623,7 +602,7 @@ fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
     };
     println!(
         "{}: format {}, model {}... ({predictor})",
-        archive_name(archive_path),
+        files::shown(archive_path, "stdin"),
         archive::VERSION,
         hex(&archive.model_id[..8])
     );
@@ -642,8 +621,8 @@ fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
 /// Decode every segment and check its payload and token checksums, writing nothing; names each
 /// damaged segment and fails if there is any.
 fn test(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
-    let at = || archive_name(archive_path);
-    let bytes = read_archive(archive_path)?;
+    let at = || files::shown(archive_path, "stdin");
+    let bytes = files::read_all(archive_path)?;
     let archive = archive::parse_index(&bytes).with_context(at)?;
     let model = model_of(&archive, weights).with_context(at)?;
     let start = Instant::now();

@@ -46,18 +46,18 @@ impl Part {
 /// models or a name used twice are refused: the result must decode like each part.
 pub fn merge(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
     files::check_output(output, force)?;
-    let sources: Vec<Vec<u8>> = inputs.iter().map(|p| super::read_archive(p)).collect::<Result<_>>()?;
+    let sources: Vec<Vec<u8>> = inputs.iter().map(|p| files::read_all(p)).collect::<Result<_>>()?;
     let mut model_id = None;
     let mut coded = vec![];
     for (path, bytes) in inputs.iter().zip(&sources) {
-        let a = archive::parse(bytes).with_context(|| path.display().to_string())?;
+        let a = archive::parse(bytes).with_context(|| files::shown(path, "stdin"))?;
         let first = *model_id.get_or_insert((a.model_id, path));
         ensure!(
             first.0 == a.model_id,
             "{} was written by model {}... and {} by model {}...: only archives of one model merge",
-            first.1.display(),
+            files::shown(first.1, "stdin"),
             hex(&first.0[..8]),
-            path.display(),
+            files::shown(path, "stdin"),
             hex(&a.model_id[..8])
         );
         coded.extend(a.entries.iter().map(|e| CodedSegment {
