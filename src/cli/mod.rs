@@ -562,15 +562,14 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
     Ok(())
 }
 
-/// Write every segment of `shards` into `dir` under its dataset name. Each file is checked
-/// before it is written, and written whole.
+/// Write every segment of `shards` into `dir` under its dataset name, each file whole and
+/// under the overwrite rules (`write_output` applies them; `output_dir` probed the directory).
 fn extract(shards: &[PathBuf], dir: &Path, force: bool) -> Result<()> {
     files::output_dir(dir)?;
     let mut written = 0;
     for shard in shards {
         read_shard(shard, |seg| {
             let target = dir.join(&seg.name);
-            files::check_output(&target, force)?;
             files::write_output(&target, &seg.to_npy_bytes()?, force)?;
             detail(format_args!("{}: {}", target.display(), count(seg.frames(), "frame")));
             written += 1;
