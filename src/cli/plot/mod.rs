@@ -47,6 +47,12 @@ impl Curve {
         let per_frame = bits.chunks(TOKENS_PER_FRAME).map(mean).collect();
         Curve { name: model.name(), mean: mean(&bits), bits, per_frame }
     }
+
+    /// Mean bits of position `k` of the frame over `frames`.
+    fn place_mean(&self, k: usize, frames: std::ops::Range<usize>) -> f64 {
+        let n = frames.len().max(1);
+        frames.map(|f| self.bits[f * TOKENS_PER_FRAME + k]).sum::<f64>() / n as f64
+    }
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -173,7 +179,7 @@ fn heat_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curve) -> Res
     let cells = (0..frames).step_by(per_column).flat_map(|f0| {
         let f1 = (f0 + per_column).min(frames);
         (0..TOKENS_PER_FRAME).map(move |k| {
-            let v = mean(&(f0..f1).map(|f| c.bits[f * TOKENS_PER_FRAME + k]).collect::<Vec<_>>());
+            let v = c.place_mean(k, f0..f1);
             Rectangle::new([(f0, k), (f1, k + 1)], heat_colour(v).filled())
         })
     });
@@ -206,9 +212,7 @@ fn colour_bar<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>) -> Result<()> {
 #[allow(clippy::reversed_empty_ranges)]
 fn position_map<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, c: &Curve) -> Result<()> {
     let frames = c.per_frame.len();
-    let means: Vec<f64> = (0..TOKENS_PER_FRAME)
-        .map(|k| mean(&(0..frames).map(|f| c.bits[f * TOKENS_PER_FRAME + k]).collect::<Vec<_>>()))
-        .collect();
+    let means: Vec<f64> = (0..TOKENS_PER_FRAME).map(|k| c.place_mean(k, 0..frames)).collect();
     let (lo, hi) = means.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let mut chart = titled_chart(area, format!("mean bits/token by place in the frame ({lo:.2} to {hi:.2})"), 40)
         .build_cartesian_2d(0..FRAME_COLS, FRAME_ROWS..0usize)
