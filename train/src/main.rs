@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "cvq-train", version, about = "Train cvq's neural predictor and export int8 weights")]
+// A flag given twice takes its last value, so a sweep can put a recipe's flags after common ones.
+#[command(name = "cvq-train", version, args_override_self = true, about = "Train cvq's neural predictor and export int8 weights")]
 struct Args {
     /// Hugging Face dataset to train on (tar.gz webdataset shards), e.g. commaai/commavq.
     #[arg(long, conflicts_with = "data")]
