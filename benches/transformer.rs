@@ -10,7 +10,7 @@ use cvq::code;
 use cvq::data::Segment;
 use cvq::model::{ModelSpec, Weights};
 use cvq::predict::transformer::{kernels, Transformer};
-use cvq::predict::Model;
+use cvq::predict::{Learning, Model};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,7 +90,7 @@ fn main() {
             continue;
         }
         let spec = ModelSpec { layers, width, heads: width / 32, context_frames: k, mlp_width: 4 * width };
-        let model = Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, 1).unwrap())));
+        let model = Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, 1).unwrap())), Learning::Frozen);
         // Frames past the K-frame window cost the same as any later frame: time those.
         let frames = k + 2;
         let batch = model.batch_size();

@@ -1,6 +1,5 @@
 //! Writes small valid archives to seed the fuzzer: `fuzz_seeds DIR`, each set of segments
-//! coded by the context mixer and by the neural and mixed models of the fuzz targets' seeded
-//! model.
+//! coded by every predictor (`Model::all`) of the fuzz targets' seeded model.
 
 use cvq::data::Segment;
 use cvq::pipeline::compress_segments;
@@ -20,7 +19,7 @@ fn main() -> anyhow::Result<()> {
         vec![Segment::int16("empty", vec![])],
     ];
     let t = seeded_model::seeded_model();
-    let models = [Model::ContextMix, Model::Neural(t.clone()), Model::Mixed(t)];
+    let models = Model::all(Some(&t));
     for (i, segments) in sets.iter().enumerate() {
         for m in &models {
             std::fs::write(format!("{dir}/seed{i}-{}.cvq", m.name()), compress_segments(m, segments)?)?;

@@ -54,7 +54,7 @@ check() { # what, then the command that must succeed
     shift
     if "$@" >/dev/null 2>"$work/err"; then echo "ok      $what"; else echo "FAILED  $what: $(tail -1 "$work/err")"; failed=1; fi
 }
-for predictor in context-mix neural mixed; do
+for predictor in context-mix neural mixed neural-adaptive mixed-adaptive; do
     for entry in "${cpus[@]}"; do
         name=${entry%%:*}
         read -r -a run <<<"${entry#*:}"

@@ -37,18 +37,13 @@ pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegm
 /// `weights` if their id is the archive's.
 pub fn archive_model(archive: &Archive, weights: Option<&Arc<Transformer>>) -> Result<Model> {
     let id = archive.model_id;
-    let candidates = std::iter::once(Model::ContextMix)
-        .chain(weights.into_iter().flat_map(|t| [Model::Neural(Arc::clone(t)), Model::Mixed(Arc::clone(t))]));
-    for m in candidates {
+    for m in Model::all(weights) {
         if m.id() == id {
             return Ok(m);
         }
     }
-    if let Some((release, name)) = Model::retired(&id, weights.map(|t| &**t)) {
-        bail!(
-            "archive was written by the {name} predictor of cvq {release}, which cvq {} no longer decodes: decompress it with cvq {release}",
-            env!("CARGO_PKG_VERSION")
-        );
+    if let Some(why) = Model::retired(&id, weights.map(|t| &**t)) {
+        bail!(why);
     }
     match weights {
         Some(t) => bail!(

@@ -8,7 +8,7 @@ use cvq::code::ideal_bits;
 use cvq::model::{ModelSpec, Weights};
 use cvq::pipeline::{compress_segments, decompress_segments};
 use cvq::predict::transformer::Transformer;
-use cvq::predict::Model;
+use cvq::predict::{Learning::Frozen, Model};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ fn bits(model: &Model, tokens: &[u16]) -> f64 {
 #[test]
 fn clip_round_trips_and_matches_golden_hash() {
     let seg = clip();
-    let m = Model::Mixed(random_weights(5));
+    let m = Model::Mixed(random_weights(5), Frozen);
     let bytes = compress_segments(&m, std::slice::from_ref(&seg)).unwrap();
     assert_eq!(decompress_segments(&bytes, m.transformer()).unwrap(), vec![seg]);
     // Pins the mixed bitstream for this seeded model and the clip. Update deliberately, with
@@ -50,13 +50,13 @@ fn a_useless_network_costs_little() {
     let seg = clip();
     let toks = &seg.tokens[..300 * 128];
     let alone = bits(&Model::ContextMix, toks);
-    let mixed = bits(&Model::Mixed(random_weights(7)), toks);
+    let mixed = bits(&Model::Mixed(random_weights(7), Frozen), toks);
     assert!(mixed < alone * 1.02, "mixed {mixed:.4} vs context mixer alone {alone:.4} bits/token");
 }
 
 #[test]
 fn batches_and_threads_do_not_change_a_byte() {
-    let m = Model::Mixed(random_weights(2));
+    let m = Model::Mixed(random_weights(2), Frozen);
     let segments: Vec<_> = (0..5).map(|i| synthetic(&format!("s{i}"), 3 + i % 2, i as u64)).collect();
     let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
     let a = pool(1).install(|| compress_segments(&m, &segments)).unwrap();
@@ -72,7 +72,7 @@ fn batches_and_threads_do_not_change_a_byte() {
     }
     assert_eq!(decompress_segments(&a, m.transformer()).unwrap(), segments);
     // The plain network's archive is not mistaken for the mix's, nor the other way round.
-    let neural = compress_segments(&Model::Neural(random_weights(2)), &segments).unwrap();
+    let neural = compress_segments(&Model::Neural(random_weights(2), Frozen), &segments).unwrap();
     assert_ne!(cvq::archive::parse(&neural).unwrap().model_id, parsed.model_id);
     assert_eq!(decompress_segments(&neural, m.transformer()).unwrap(), segments);
 }

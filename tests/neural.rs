@@ -8,19 +8,19 @@ use cvq::data::{Segment, VOCAB};
 use cvq::model::{ModelSpec, Weights};
 use cvq::pipeline::{compress_segments, decompress_segments, encode_batch};
 use cvq::predict::transformer::Transformer;
-use cvq::predict::{frequencies, Model, Neural, TOTAL};
+use cvq::predict::{frequencies, Learning, Model, Neural, TOTAL};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 const SMALL: ModelSpec = ModelSpec { layers: 2, width: 32, heads: 2, context_frames: 2, mlp_width: 64 };
 
 fn model(spec: ModelSpec, seed: u64) -> Model {
-    Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, seed).unwrap())))
+    Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, seed).unwrap())), Learning::Frozen)
 }
 
 fn transformer(m: &Model) -> Arc<Transformer> {
     match m {
-        Model::Neural(t) => Arc::clone(t),
+        Model::Neural(t, _) => Arc::clone(t),
         _ => unreachable!(),
     }
 }
@@ -39,7 +39,7 @@ fn tokens(n: usize) -> Vec<u16> {
 fn tables_are_valid_and_match_golden_hash() {
     // Synthetic input, so the hash does not depend on the data being present.
     let toks = synthetic("g", 3, 11).tokens;
-    let mut p = Neural::new(transformer(&model(SMALL, 1)), toks.len());
+    let mut p = Neural::new(transformer(&model(SMALL, 1)), toks.len(), None);
     let mut h = Sha256::new();
     for &t in &toks {
         let f = frequencies(&mut p);
@@ -195,7 +195,7 @@ fn integer_model_stays_within_one_percent_of_float() {
         w.tok_same.scale.iter_mut().for_each(|s| *s *= 2.0);
         let w = Weights::from_bytes(&w.to_bytes().unwrap()).unwrap();
         let float = float_bits(&w, &toks);
-        let mut p = Neural::new(Arc::new(Transformer::new(&w)), toks.len());
+        let mut p = Neural::new(Arc::new(Transformer::new(&w)), toks.len(), None);
         let int: Vec<f64> = toks.iter().map(|&t| cvq::code::ideal_bits(&[t], &mut p)).collect();
         let n = toks.len() as f64;
         let (fi, ii) = (float.iter().sum::<f64>() / n, int.iter().sum::<f64>() / n);
@@ -317,7 +317,7 @@ fn weights_load_at_each_limit_and_not_past_it() {
         let file = Weights::random(at, 1).unwrap().to_bytes().unwrap();
         let t = Arc::new(Transformer::new(&Weights::from_bytes(&file).unwrap()));
         // The engine runs at the limit: two steps, valid tables.
-        let mut p = Neural::new(t, 2);
+        let mut p = Neural::new(t, 2, None);
         for tok in [5, 9] {
             assert_eq!(frequencies(&mut p).iter().map(|&f| u64::from(f)).sum::<u64>(), u64::from(TOTAL));
             cvq::predict::Predictor::update(&mut p, tok);

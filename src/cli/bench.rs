@@ -28,18 +28,20 @@ struct Measured {
     decompress_s: f64,
     /// The model's ideal code length, for cvq rows where it costs little to compute.
     ideal_bits: Option<f64>,
+    /// Bytes a cvq predictor's state takes for the segment (`Model::memory`).
+    memory: Option<usize>,
 }
 
 /// `weights_bytes`: the size of the weights file the neural and mixed models ship with.
 pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>, weights_bytes: usize) -> Result<()> {
-    let models = [Model::ContextMix, Model::Neural(Arc::clone(weights)), Model::Mixed(Arc::clone(weights))];
+    let models = Model::all(Some(weights));
     println!("neural weights: {:?}; one thread, one segment at a time", models[1]);
     println!(
-        "{:<24} {:<18} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>12}",
-        "input", "method", "bytes", "bits/tok", "rate", "ideal", "overhead", "comp tok/s", "decomp tok/s"
+        "{:<24} {:<20} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>12} {:>9}",
+        "input", "method", "bytes", "bits/tok", "rate", "ideal", "overhead", "comp tok/s", "decomp tok/s", "state MB"
     );
     // Per cvq model: total payload bytes over the inputs.
-    let mut payload_totals = [0usize; 3];
+    let mut payload_totals = vec![0usize; models.len()];
     let mut tokens = 0;
     for p in paths {
         let seg = read_segment_file(p)?;
@@ -64,13 +66,13 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>
         let weights = if model.transformer().is_some() { weights_bytes } else { 0 };
         (model, archive, weights)
     });
-    let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("three models");
+    let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("cvq models");
     print_score(model.name(), archive, weights, decoder)
 }
 
 fn print_row(input: &str, method: &str, tokens: usize, m: Option<Measured>) {
     let Some(m) = m else {
-        return println!("{input:<24} {method:<18} not installed");
+        return println!("{input:<24} {method:<20} not installed");
     };
     let bits = m.bytes as f64 * 8.0;
     let (ideal, overhead) = match m.ideal_bits {
@@ -78,12 +80,13 @@ fn print_row(input: &str, method: &str, tokens: usize, m: Option<Measured>) {
         None => ("-".into(), "-".into()),
     };
     println!(
-        "{input:<24} {method:<18} {:>10} {:>9.4} {:>7.3} {ideal:>9} {overhead:>9} {:>12.0} {:>12.0}",
+        "{input:<24} {method:<20} {:>10} {:>9.4} {:>7.3} {ideal:>9} {overhead:>9} {:>12.0} {:>12.0} {:>9}",
         m.bytes,
         bits / tokens as f64,
         10.0 * tokens as f64 / bits,
         tokens as f64 / m.compress_s,
-        tokens as f64 / m.decompress_s
+        tokens as f64 / m.decompress_s,
+        m.memory.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e6))
     );
 }
 
@@ -111,7 +114,7 @@ fn external_pipe(tool: &str, args: &[&str], data: &[u8]) -> Result<Option<Measur
     let back = pipe(tool, &["-d", "-c"], &packed)?.with_context(|| format!("{tool}: vanished mid-run"))?;
     let decompress_s = t0.elapsed().as_secs_f64();
     ensure!(back == data, "{tool}: round trip mismatch");
-    Ok(Some(Measured { bytes: packed.len(), compress_s, decompress_s, ideal_bits: None }))
+    Ok(Some(Measured { bytes: packed.len(), compress_s, decompress_s, ideal_bits: None, memory: None }))
 }
 
 /// Run `tool` with `input` on stdin; its stdout, or None when it is not installed. The input
@@ -162,7 +165,7 @@ fn zpaq(data: &[u8]) -> Result<Option<Measured>> {
     run(&["x", "tokens.zpaq", "tokens", "-to", "back"])?.context("zpaq: vanished mid-run")?;
     let decompress_s = t0.elapsed().as_secs_f64();
     ensure!(std::fs::read(dir.0.join("back")).ok().as_deref() == Some(data), "zpaq: round trip mismatch");
-    Ok(Some(Measured { bytes, compress_s, decompress_s, ideal_bits: None }))
+    Ok(Some(Measured { bytes, compress_s, decompress_s, ideal_bits: None, memory: None }))
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.
@@ -196,7 +199,7 @@ fn cvq(model: &Model, tokens: &[u16]) -> Result<Measured> {
     let decompress_s = t0.elapsed().as_secs_f64();
     ensure!(back == tokens, "cvq {}: round trip mismatch", model.name());
     let ideal_bits = matches!(model, Model::ContextMix).then(|| ideal_bits(tokens, model.batch(&[n]).get(0)));
-    Ok(Measured { bytes: payload.len(), compress_s, decompress_s, ideal_bits })
+    Ok(Measured { bytes: payload.len(), compress_s, decompress_s, ideal_bits, memory: Some(model.memory(n)) })
 }
 
 /// Archive bytes for the challenge's segments, each with a `payload`-byte payload, as

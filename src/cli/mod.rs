@@ -14,7 +14,7 @@ use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
 use crate::predict::transformer::Transformer;
-use crate::predict::{hex, Model};
+use crate::predict::{hex, Learning, Model, MAX_ADAPTIVE_WIDTH};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use files::Input;
@@ -231,7 +231,8 @@ struct ModelOpts {
     #[command(flatten)]
     weights: WeightsOpt,
     /// The predictor: the network mixed into the context mixer, the network alone, or the
-    /// context mixer alone (needs no weights).
+    /// context mixer alone (needs no weights); `-adaptive`: the network's output layer keeps
+    /// learning while each segment codes (slower).
     #[arg(long, value_enum, default_value_t = Predictor::Mixed)]
     predictor: Predictor,
 }
@@ -241,6 +242,8 @@ enum Predictor {
     Mixed,
     Neural,
     ContextMix,
+    MixedAdaptive,
+    NeuralAdaptive,
 }
 
 #[derive(Args)]
@@ -276,13 +279,23 @@ impl Predictor {
     /// The predictor's model, with the weights file it was built from (none for the context
     /// mixer): read once, so a zip never carries other weights than the archive was coded with.
     fn load(self, weights: &WeightsOpt) -> Result<(Model, Option<Cow<'static, [u8]>>)> {
-        let kind: fn(Arc<Transformer>) -> Model = match self {
+        let kind: fn(Arc<Transformer>, Learning) -> Model = match self {
             Predictor::ContextMix => return Ok((Model::ContextMix, None)),
-            Predictor::Neural => Model::Neural,
-            Predictor::Mixed => Model::Mixed,
+            Predictor::Neural | Predictor::NeuralAdaptive => Model::Neural,
+            Predictor::Mixed | Predictor::MixedAdaptive => Model::Mixed,
+        };
+        let learning = match self {
+            Predictor::NeuralAdaptive | Predictor::MixedAdaptive => Learning::Online,
+            _ => Learning::Frozen,
         };
         let bytes = weights.bytes()?;
-        Ok((kind(weights.parse(&bytes)?), Some(bytes)))
+        let t = weights.parse(&bytes)?;
+        ensure!(
+            learning == Learning::Frozen || t.spec.width <= MAX_ADAPTIVE_WIDTH,
+            "the adaptive predictors take networks up to width {MAX_ADAPTIVE_WIDTH}, and these weights have width {}",
+            t.spec.width
+        );
+        Ok((kind(t, learning), Some(bytes)))
     }
 }
 
@@ -519,7 +532,9 @@ fn decode_all(
 /// The predictor that wrote `archive`, loading the weights only if it needs them.
 fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
     let id = archive.model_id;
-    let needs_weights = id != Model::ContextMix.id() && Model::retired(&id, None).is_none();
+    // An archive of retired built-in weights decodes with those weights, if given.
+    let needs_weights =
+        id != Model::ContextMix.id() && (weights.weights.is_some() || Model::retired(&id, None).is_none());
     let neural = if needs_weights { Some(weights.load()?) } else { None };
     archive_model(archive, neural.as_ref())
 }

@@ -4,7 +4,7 @@
 
 use super::files;
 use crate::data::{Segment, TOKENS_PER_FRAME};
-use crate::predict::{hex, transformer::Transformer, Model};
+use crate::predict::{hex, transformer::Transformer, Learning, Model};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -61,7 +61,7 @@ pub fn run(t: &Arc<Transformer>, plan: &Plan) -> Result<()> {
     for i in 0..plan.segments {
         files::check_output(&plan.dir.join(source(plan.seed, i).1), plan.force)?;
     }
-    let model = Model::Neural(Arc::clone(t));
+    let model = Model::Neural(Arc::clone(t), Learning::Frozen);
     let tokens = plan.frames * TOKENS_PER_FRAME;
     let bar = super::progress(plan.segments, "synth");
     let indices: Vec<usize> = (0..plan.segments).collect();

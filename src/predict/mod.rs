@@ -5,12 +5,14 @@
 //! a predictor that builds its table from binary decisions (the context mixer) computes only
 //! the ten splits on the coded token's path. `frequencies` materialises the whole table.
 
+mod adapt;
 mod context_mix;
 mod logistic;
 mod mixed;
 pub mod neural;
 pub mod transformer;
 
+pub use adapt::{Rates, MAX_WIDTH as MAX_ADAPTIVE_WIDTH};
 pub use context_mix::ContextMix;
 pub use mixed::Mixed;
 pub use neural::Neural;
@@ -49,10 +51,26 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
 
 /// Hashed with the weights' hash into the mixed model's id.
 const MIXED_ID: &[u8] = b"cvq mixed 3";
+/// Likewise for the predictors whose network learns while it codes; the version pins the
+/// update rule and its learning rates (`Learning::rates`, FORMAT.md section 3.4).
+const NEURAL_ADAPTIVE_ID: &[u8] = b"cvq neural-adaptive 1";
+const MIXED_ADAPTIVE_ID: &[u8] = b"cvq mixed-adaptive 1";
+
+/// Whether the network's output layer keeps learning while a segment codes (`adapt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learning {
+    Frozen,
+    Online,
+}
 
 /// Predictors of earlier releases, whose bitstreams this one no longer decodes, with the
 /// release that does: the context mixer's id string, the mixed model's, and the release.
 const RETIRED: [(&[u8], &[u8], &str); 1] = [(b"cvq context-mix 1", b"cvq mixed 2", "0.1")];
+
+/// The built-in weights of earlier releases (their id, section 4 of FORMAT.md), which this
+/// one does not carry, with the release.
+const RETIRED_WEIGHTS: [(&str, &str); 1] =
+    [("e31c4e8e8d0eb6cfd2a052fef2f1a96866bd28379218255ec34b28359a981aed", "0.2")];
 
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
@@ -61,17 +79,17 @@ pub enum Model {
     /// The adaptive context-mixing model; learns from the segment alone.
     ContextMix,
     /// The integer transformer with its weights.
-    Neural(Arc<Transformer>),
+    Neural(Arc<Transformer>, Learning),
     /// The transformer's table mixed into the context mixer.
-    Mixed(Arc<Transformer>),
+    Mixed(Arc<Transformer>, Learning),
 }
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             Model::ContextMix => write!(f, "{}", self.name()),
-            Model::Neural(t) => write!(f, "{} {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8])),
-            Model::Mixed(t) => {
+            Model::Neural(t, _) => write!(f, "{} {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8])),
+            Model::Mixed(t, _) => {
                 write!(f, "{}: context-mix + neural {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8]))
             }
         }
@@ -83,38 +101,86 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl Model {
-    /// 32-byte identifier: for the context mixer a hash of its name and version, for a neural
-    /// model its weights' content hash, for the mix a hash of both.
+    /// 32-byte identifier: for the context mixer a hash of its name and version, for the
+    /// frozen network its weights' content hash, for the others a hash of their name and
+    /// version and the weights' hash.
     pub fn id(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
+        let with =
+            |name: &[u8], t: &Transformer| Sha256::new().chain_update(name).chain_update(t.hash).finalize().into();
         match self {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
-            Model::Neural(t) => t.hash,
-            Model::Mixed(t) => Sha256::new().chain_update(MIXED_ID).chain_update(t.hash).finalize().into(),
+            Model::Neural(t, Learning::Frozen) => t.hash,
+            Model::Neural(t, Learning::Online) => with(NEURAL_ADAPTIVE_ID, t),
+            Model::Mixed(t, Learning::Frozen) => with(MIXED_ID, t),
+            Model::Mixed(t, Learning::Online) => with(MIXED_ADAPTIVE_ID, t),
         }
     }
 
-    /// The release and predictor name of an archive id that an earlier release wrote with the
-    /// context mixer, or with the mixed model of weights `t`.
-    pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<(&'static str, &'static str)> {
+    /// Every predictor of weights `t` (or the context mixer alone), to find an archive's.
+    pub fn all(t: Option<&Arc<Transformer>>) -> Vec<Model> {
+        let mut all = vec![Model::ContextMix];
+        for l in [Learning::Frozen, Learning::Online] {
+            let t = t.filter(|t| l == Learning::Frozen || t.spec.width <= adapt::MAX_WIDTH);
+            all.extend(t.map(|t| Model::Neural(Arc::clone(t), l)));
+            all.extend(t.map(|t| Model::Mixed(Arc::clone(t), l)));
+        }
+        all
+    }
+
+    /// Why this release cannot decode an archive id that an earlier one wrote, and what can:
+    /// the context mixer or the mixed model of a retired bitstream (with weights `t` or an
+    /// earlier release's built-in ones), or a predictor with an earlier release's built-in
+    /// weights.
+    pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<String> {
         use sha2::{Digest, Sha256};
-        RETIRED.iter().find_map(|&(cm, mixed, release)| {
-            let mixed_id =
-                t.map(|t| <[u8; 32]>::from(Sha256::new().chain_update(mixed).chain_update(t.hash).finalize()));
-            if Sha256::digest(cm).as_slice() == id {
-                Some((release, "context-mix"))
+        let hashed = |name: &[u8], hash: &[u8; 32]| -> [u8; 32] {
+            Sha256::new().chain_update(name).chain_update(hash).finalize().into()
+        };
+        let this = env!("CARGO_PKG_VERSION");
+        let old: Vec<([u8; 32], &str)> = RETIRED_WEIGHTS
+            .iter()
+            .map(|&(h, release)| {
+                (std::array::from_fn(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()), release)
+            })
+            .collect();
+        let weights: Vec<[u8; 32]> = t.map(|t| t.hash).into_iter().chain(old.iter().map(|w| w.0)).collect();
+        for &(cm, mixed, release) in &RETIRED {
+            let name = if Sha256::digest(cm).as_slice() == id {
+                "context-mix"
+            } else if weights.iter().any(|w| hashed(mixed, w) == *id) {
+                "mixed"
             } else {
-                (mixed_id.as_ref() == Some(id)).then_some((release, "mixed"))
-            }
-        })
+                continue;
+            };
+            return Some(format!(
+                "archive was written by the {name} predictor of cvq {release}, which cvq {this} no longer decodes: decompress it with cvq {release}"
+            ));
+        }
+        let (hash, release, name) = old.iter().find_map(|(hash, release)| {
+            let name = if hash == id {
+                "neural"
+            } else if hashed(MIXED_ID, hash) == *id {
+                "mixed"
+            } else {
+                return None;
+            };
+            Some((hash, release, name))
+        })?;
+        Some(format!(
+            "archive was written by the {name} predictor with the built-in weights of cvq {release} (model {}...), which cvq {this} does not carry: pass those weights with --weights, or decompress it with cvq {release}",
+            hex(&hash[..8])
+        ))
     }
 
     /// The predictor's short name, as `--predictor` spells it.
     pub fn name(&self) -> &'static str {
         match self {
             Model::ContextMix => "context-mix",
-            Model::Neural(_) => "neural",
-            Model::Mixed(_) => "mixed",
+            Model::Neural(_, Learning::Frozen) => "neural",
+            Model::Neural(_, Learning::Online) => "neural-adaptive",
+            Model::Mixed(_, Learning::Frozen) => "mixed",
+            Model::Mixed(_, Learning::Online) => "mixed-adaptive",
         }
     }
 
@@ -122,7 +188,7 @@ impl Model {
     pub fn transformer(&self) -> Option<&Arc<Transformer>> {
         match self {
             Model::ContextMix => None,
-            Model::Neural(t) | Model::Mixed(t) => Some(t),
+            Model::Neural(t, _) | Model::Mixed(t, _) => Some(t),
         }
     }
 
@@ -130,21 +196,36 @@ impl Model {
     pub fn batch(&self, sizes: &[usize]) -> Batch {
         match self {
             Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect()),
-            Model::Neural(t) => Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n)).collect()),
-            Model::Mixed(t) => {
-                Batch::Mixed(sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n), n)).collect())
+            Model::Neural(t, _) => {
+                Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n, self.rates())).collect())
             }
+            Model::Mixed(t, _) => Batch::Mixed(
+                sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n, self.rates()), n)).collect(),
+            ),
+        }
+    }
+
+    /// How the network learns while it codes: for the network alone, its output matrix and
+    /// bias; in the mix, the matrix alone (the context mixer's counts already learn what the
+    /// bias would, and the two together code worse: README, "Online adaptation").
+    fn rates(&self) -> Option<Rates> {
+        match self {
+            Model::Neural(_, Learning::Online) => Some(Rates { matrix: Some(9), bias: Some(6) }),
+            Model::Mixed(_, Learning::Online) => Some(Rates { matrix: Some(11), bias: None }),
+            _ => None,
         }
     }
 
     /// Bytes a segment of `tokens` tokens holds while it codes: the context mixer's counter
-    /// tables, the transformer's key/value cache (2.2 GB at the spec's limits) and its tokens.
+    /// tables, the transformer's key/value cache (2.2 GB at the spec's limits), its tokens and
+    /// what online adaptation learns.
     pub fn memory(&self, tokens: usize) -> usize {
-        let neural = |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2;
+        let neural =
+            |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2 + self.rates().map_or(0, |r| r.memory(t.spec.width));
         match self {
             Model::ContextMix => ContextMix::memory(tokens, false),
-            Model::Neural(t) => neural(t),
-            Model::Mixed(t) => ContextMix::memory(tokens, true) + neural(t),
+            Model::Neural(t, _) => neural(t),
+            Model::Mixed(t, _) => ContextMix::memory(tokens, true) + neural(t),
         }
     }
 
@@ -156,7 +237,7 @@ impl Model {
     pub fn batch_size(&self) -> usize {
         match self {
             Model::ContextMix => 1,
-            Model::Neural(_) | Model::Mixed(_) => 8,
+            Model::Neural(..) | Model::Mixed(..) => 8,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! Tables are computed lazily one segment at a time, or for many segments at once by
 //! `prepare` (one batched forward step); both give the same integers.
 
+use super::adapt::{Adapter, Rates};
 use super::transformer::{Session, Transformer};
 use super::{Interval, Predictor};
 use crate::data::VOCAB;
@@ -42,12 +43,16 @@ pub struct Neural {
     model: Arc<Transformer>,
     session: Session,
     table: Option<FreqTable>,
+    adapter: Option<Adapter>,
 }
 
 impl Neural {
-    pub fn new(model: Arc<Transformer>, tokens: usize) -> Neural {
+    /// A predictor for a segment of `tokens` tokens; with `rates`, its output layer learns
+    /// as it codes (`adapt`).
+    pub fn new(model: Arc<Transformer>, tokens: usize, rates: Option<Rates>) -> Neural {
         let session = model.session(tokens);
-        Neural { model, session, table: None }
+        let adapter = rates.map(|r| Adapter::new(r, model.spec.width));
+        Neural { model, session, table: None, adapter }
     }
 
     /// Compute the next token's table of every predictor in one batched step. All must share
@@ -65,9 +70,14 @@ impl Neural {
                 sessions.push(&mut p.session);
             }
         }
-        let logits = model.forward(&mut sessions);
+        let mut out = model.forward(&mut sessions);
+        let d = model.spec.width;
         let mut freqs = vec![0u32; VOCAB];
-        for (&i, row) in pending.iter().zip(logits.chunks_exact(VOCAB)) {
+        let rows = out.logits.chunks_exact_mut(VOCAB).zip(out.hidden.chunks_exact(d)).zip(&out.shifts);
+        for (&i, ((row, hidden), &shift)) in pending.iter().zip(rows) {
+            if let Some(a) = &mut preds[i].adapter {
+                a.adjust(hidden, shift, row);
+            }
             model.frequencies(row, &mut freqs);
             preds[i].table = Some(FreqTable::new(&freqs));
         }
@@ -94,6 +104,9 @@ impl Predictor for Neural {
         if self.table.is_none() {
             // The token's element must enter the cache before the next one is predicted.
             self.table();
+        }
+        if let (Some(a), Some(t)) = (&mut self.adapter, &self.table) {
+            a.learn(t, token);
         }
         self.session.tokens.push(token);
         self.table = None;

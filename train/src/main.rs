@@ -21,7 +21,12 @@ use std::time::Instant;
 
 #[derive(Parser)]
 // A flag given twice takes its last value, so a sweep can put a recipe's flags after common ones.
-#[command(name = "cvq-train", version, args_override_self = true, about = "Train cvq's neural predictor and export int8 weights")]
+#[command(
+    name = "cvq-train",
+    version,
+    args_override_self = true,
+    about = "Train cvq's neural predictor and export int8 weights"
+)]
 struct Args {
     /// Hugging Face dataset to train on (tar.gz webdataset shards), e.g. commaai/commavq.
     #[arg(long, conflicts_with = "data")]
@@ -286,7 +291,7 @@ fn integer_bits(weights: &cvq::model::Weights, val: &[cvq::data::Segment]) -> f6
     let t = Arc::new(Transformer::new(weights));
     let (mut bits, mut tokens) = (0.0, 0usize);
     for seg in val {
-        bits += cvq::code::ideal_bits(&seg.tokens, &mut Neural::new(Arc::clone(&t), seg.tokens.len()));
+        bits += cvq::code::ideal_bits(&seg.tokens, &mut Neural::new(Arc::clone(&t), seg.tokens.len(), None));
         tokens += seg.tokens.len();
     }
     bits / tokens as f64

@@ -6,7 +6,7 @@ use candle_nn::VarMap;
 use cvq::data::shared::shared_data;
 use cvq::data::{read_segment_file, Segment};
 use cvq::model::ModelSpec;
-use cvq::predict::{transformer::Transformer, Model};
+use cvq::predict::{transformer::Transformer, Learning, Model};
 use cvq_train::checkpoint::{self, Data, State};
 use cvq_train::stream::{self, Source, Stream};
 use cvq_train::train::{self, End};
@@ -86,7 +86,7 @@ fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
     // The file the trainer writes is the file the runtime loads.
     let loaded = cvq::model::Weights::from_bytes(&weights.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded.hash, weights.hash);
-    let m = Model::Neural(Arc::new(Transformer::new(&loaded)));
+    let m = Model::Neural(Arc::new(Transformer::new(&loaded)), Learning::Frozen);
     let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
     let bytes = cvq::pipeline::compress_segments(&m, std::slice::from_ref(&clip)).unwrap();
     let back = cvq::pipeline::decompress_segments(&bytes, m.transformer()).unwrap();

@@ -8,7 +8,7 @@
 //! Reads like llama2.c: `Transformer` holds the prepared weights, `Session` one segment's
 //! state (its tokens and the key/value cache), `forward` runs one step for a batch of sessions.
 
-mod fixed;
+pub(crate) mod fixed;
 pub mod kernels;
 
 use crate::data::{TOKENS_PER_FRAME, VOCAB};
@@ -159,7 +159,7 @@ impl Transformer {
 
     /// Logits (Q12, `[batch, 1024]`) for the next token of each session, computing and caching
     /// the keys and values of that token's element.
-    pub fn forward(&self, sessions: &mut [&mut Session]) -> Vec<i32> {
+    pub fn forward(&self, sessions: &mut [&mut Session]) -> Output {
         let (b, d) = (sessions.len(), self.spec.width);
         let mut x = vec![0i32; b * d];
         for (s, xr) in sessions.iter().zip(x.chunks_exact_mut(d)) {
@@ -203,7 +203,7 @@ impl Transformer {
         for row in logits.chunks_exact_mut(VOCAB) {
             row.iter_mut().zip(&self.head_bias).for_each(|(v, &bias)| *v = v.saturating_add(bias));
         }
-        logits
+        Output { logits, hidden: scratch.q, shifts: scratch.shifts }
     }
 
     fn residual(&self, m: &Matrix, scratch: &Scratch, x: &mut [i32]) {
@@ -294,6 +294,16 @@ impl Transformer {
         let top = l8.iter().position(|&l| l == max).unwrap();
         freqs[top] += TOTAL - used;
     }
+}
+
+/// One forward step of a batch: the logits and the output layer's input, the normalized
+/// last hidden rows (12-bit, `x ~= hidden * 2^shift` in Q12), which online adaptation needs.
+pub struct Output {
+    /// Q12, `[batch, 1024]`.
+    pub logits: Vec<i32>,
+    /// `[batch, width]`.
+    pub hidden: Vec<i16>,
+    pub shifts: Vec<i32>,
 }
 
 /// Per-step buffers of a batch: normalized rows quantized for the next matrix.
