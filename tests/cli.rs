@@ -444,6 +444,29 @@ fn extract_writes_a_shards_segments_as_the_dataset_files() {
 }
 
 #[test]
+fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_weights() {
+    // Written by cvq 0.2.0 (tests/data/README.md): three frames of the clip. The context
+    // mixer's bitstream is unchanged since; the mixed one used 0.2's built-in weights.
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "3b41c0fa8959aea6c118e5714f412a2e_13";
+    let cm = tmp.path().join("cm");
+    let d = cvq(&["decompress", p(&common::real_data("cvq-0.2-context-mix.cvq")), "-o", p(&cm)]);
+    assert!(d.status.success(), "{}", stderr(&d));
+    let back = cvq::data::read_segment_file(&cm.join(name)).unwrap();
+    assert_eq!(back.tokens, common::clip().tokens[..3 * 128]);
+
+    let mixed = tmp.path().join("mixed");
+    let d = cvq(&["decompress", p(&common::real_data("cvq-0.2-mixed.cvq")), "-o", p(&mixed)]);
+    assert_eq!(d.status.code(), Some(1));
+    let expected = format!(
+        "written by the mixed predictor with the built-in weights of cvq 0.2 (model e31c4e8e8d0eb6cf...), which cvq {} does not carry: pass those weights with --weights",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
+    assert!(!mixed.exists(), "nothing is written");
+}
+
+#[test]
 fn archives_of_the_previous_release_are_refused_by_name() {
     // Written by cvq 0.1.0 (tests/data/README.md): three frames of the clip.
     let tmp = tempfile::tempdir().unwrap();
