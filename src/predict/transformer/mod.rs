@@ -147,6 +147,12 @@ impl Transformer {
         }
     }
 
+    /// Bytes of the matrices one step reads (as the kernels hold them, i16).
+    pub fn matrix_bytes(&self) -> usize {
+        let layers = self.layers.iter().flat_map(|l| [&l.qkv, &l.out, &l.up, &l.down]);
+        layers.chain([&self.head]).map(|m| m.w.len() * 2).sum()
+    }
+
     pub fn session(&self, capacity: usize) -> Session {
         let (win, d, h) = (self.spec.window(), self.spec.width, self.spec.heads);
         let cache = || Cache { q: vec![0; win * d], shift: vec![0; win * h] };
