@@ -1,16 +1,17 @@
 //! Online adaptation: the network's output layer keeps learning while a segment codes.
 //!
 //! After each token, one step of gradient descent on that token's cross-entropy moves a
-//! per-segment change of the output matrix and (by choice of `Rates`) of the output bias. The gradient of the
-//! logits is `p - onehot(token)`, and `p` is exactly the integer table the coder just used, so
-//! the step needs no float and no backward pass below the output layer: the encoder and the
-//! decoder make the same integer update on every machine. Every segment starts from zero.
+//! per-segment change of the output matrix and (by choice of `Rates`) of the output bias.
+//! The gradient of the logits is `p - onehot(token)`, and `p` is exactly the integer table the
+//! coder just used, so the step needs no float and no backward pass below the output layer:
+//! the encoder and the decoder make the same integer update on every machine. Every segment
+//! starts from zero.
 //!
 //! Units (FORMAT.md section 3.4): the gradient is rounded to Q6, so tokens the table gives
 //! less than 2^-7 leave their rows alone and a step touches few rows (Q12 coded the same to
-//! within 0.002 bits/token and ran 30% slower). The matrix change is
-//! kept in Q30 (`master`) and read through a 12-bit view in Q`VIEW_BITS` that the forward
-//! pass multiplies with the 12-bit hidden row like an attention score (so the sum fits i32).
+//! within 0.002 bits/token and ran 30% slower). The matrix change is kept in Q30 (`master`)
+//! and read through a 12-bit view in Q`VIEW_BITS` that the forward pass multiplies with the
+//! 12-bit hidden row like an attention score (so the sum fits i32).
 
 use super::neural::FreqTable;
 use super::transformer::fixed::{shift_round, QMAX};
@@ -38,10 +39,19 @@ pub struct Rates {
 }
 
 impl Rates {
-    /// Bytes of a segment's adaptation state for a network of this width.
+    /// Cells of the matrix change for a network of this width (none if it stays).
+    fn cells(&self, width: usize) -> usize {
+        if self.matrix.is_some() {
+            VOCAB * width
+        } else {
+            0
+        }
+    }
+
+    /// Bytes of a segment's adaptation state for a network of this width: the matrix change
+    /// and its view, the bias change, the products with the view, and the hidden row.
     pub fn memory(&self, width: usize) -> usize {
-        let cells = if self.matrix.is_some() { VOCAB * width } else { 0 };
-        cells * 6 + VOCAB * 4 + width * 2
+        self.cells(width) * 6 + VOCAB * 8 + width * 2
     }
 }
 
@@ -54,6 +64,8 @@ pub struct Adapter {
     view: Vec<i16>,
     /// Bias change in Q24.
     bias: Vec<i32>,
+    /// The view's products with the hidden row (a buffer kept for every step).
+    dot: Vec<i32>,
     /// The hidden row and shift of the step being coded, for its update.
     hidden: Vec<i16>,
     shift: i32,
@@ -62,13 +74,14 @@ pub struct Adapter {
 impl Adapter {
     pub fn new(rates: Rates, width: usize) -> Adapter {
         assert!(width <= MAX_WIDTH, "adaptation of a network wider than {MAX_WIDTH}");
-        let cells = if rates.matrix.is_some() { VOCAB * width } else { 0 };
+        let cells = rates.cells(width);
         Adapter {
             rates,
             width,
             master: vec![0; cells],
             view: vec![0; cells],
             bias: vec![0; VOCAB],
+            dot: vec![0; VOCAB],
             hidden: vec![0; width],
             shift: 0,
         }
@@ -80,9 +93,8 @@ impl Adapter {
         self.hidden.copy_from_slice(hidden);
         self.shift = shift;
         if self.rates.matrix.is_some() {
-            let mut dot = vec![0i32; VOCAB];
-            kernels::matmul(hidden, self.width, &self.view, &mut dot);
-            for (l, &s) in logits.iter_mut().zip(&dot) {
+            kernels::matmul(hidden, self.width, &self.view, &mut self.dot);
+            for (l, &s) in logits.iter_mut().zip(&self.dot) {
                 *l = l.saturating_add(shift_round(i64::from(s), VIEW_BITS - shift));
             }
         }

@@ -96,6 +96,12 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The id of a predictor built on weights: SHA-256 of its name and version, then the weights' id.
+fn named_id(name: &[u8], weights: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new().chain_update(name).chain_update(weights).finalize().into()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -106,14 +112,12 @@ impl Model {
     /// version and the weights' hash.
     pub fn id(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
-        let with =
-            |name: &[u8], t: &Transformer| Sha256::new().chain_update(name).chain_update(t.hash).finalize().into();
         match self {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
             Model::Neural(t, Learning::Frozen) => t.hash,
-            Model::Neural(t, Learning::Online) => with(NEURAL_ADAPTIVE_ID, t),
-            Model::Mixed(t, Learning::Frozen) => with(MIXED_ID, t),
-            Model::Mixed(t, Learning::Online) => with(MIXED_ADAPTIVE_ID, t),
+            Model::Neural(t, Learning::Online) => named_id(NEURAL_ADAPTIVE_ID, &t.hash),
+            Model::Mixed(t, Learning::Frozen) => named_id(MIXED_ID, &t.hash),
+            Model::Mixed(t, Learning::Online) => named_id(MIXED_ADAPTIVE_ID, &t.hash),
         }
     }
 
@@ -134,9 +138,6 @@ impl Model {
     /// weights.
     pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<String> {
         use sha2::{Digest, Sha256};
-        let hashed = |name: &[u8], hash: &[u8; 32]| -> [u8; 32] {
-            Sha256::new().chain_update(name).chain_update(hash).finalize().into()
-        };
         let this = env!("CARGO_PKG_VERSION");
         let old: Vec<([u8; 32], &str)> = RETIRED_WEIGHTS
             .iter()
@@ -148,7 +149,7 @@ impl Model {
         for &(cm, mixed, release) in &RETIRED {
             let name = if Sha256::digest(cm).as_slice() == id {
                 "context-mix"
-            } else if weights.iter().any(|w| hashed(mixed, w) == *id) {
+            } else if weights.iter().any(|w| named_id(mixed, w) == *id) {
                 "mixed"
             } else {
                 continue;
@@ -160,7 +161,7 @@ impl Model {
         let (hash, release, name) = old.iter().find_map(|(hash, release)| {
             let name = if hash == id {
                 "neural"
-            } else if hashed(MIXED_ID, hash) == *id {
+            } else if named_id(MIXED_ID, hash) == *id {
                 "mixed"
             } else {
                 return None;

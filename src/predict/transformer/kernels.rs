@@ -80,6 +80,21 @@ fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u
     }
 }
 
+/// The products a register-blocked kernel left out: those of the rows of `x` from `xb` on or
+/// of `w` from `wb` on. Inlined into each kernel, so it compiles with that kernel's features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn matmul_leftovers(x: &[i16], cols: usize, w: &[i16], out: &mut [i32], xb: usize, wb: usize) {
+    let (xr, wr) = (x.len() / cols, w.len() / cols);
+    for j in 0..wr {
+        for r in 0..xr {
+            if j >= wb || r >= xb {
+                out[r * wr + j] = dot_generic(&x[r * cols..][..cols], &w[j * cols..][..cols]);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::fixed::LOG2_E_Q24;
@@ -249,14 +264,7 @@ mod avx2 {
                 }
             }
         }
-        // Rows left over from the blocking.
-        for j in 0..wr {
-            for r in 0..xr {
-                if j >= wb || r >= xb {
-                    out[r * wr + j] = dot(&x[r * cols..][..cols], &w[j * cols..][..cols]);
-                }
-            }
-        }
+        super::matmul_leftovers(x, cols, w, out, xb, wb);
     }
 
     /// Multiply-adds per second with no memory traffic: 8 independent `vpmaddwd` chains.
@@ -304,14 +312,7 @@ mod vnni {
                 }
             }
         }
-        // Rows left over from the blocking.
-        for j in 0..wr {
-            for r in 0..xr {
-                if j >= wb || r >= xb {
-                    out[r * wr + j] = super::dot_generic(&x[r * cols..][..cols], &w[j * cols..][..cols]);
-                }
-            }
-        }
+        super::matmul_leftovers(x, cols, w, out, xb, wb);
     }
 
     /// Multiply-adds per second with no memory traffic: 8 independent `vpdpwssd` chains.
