@@ -14,50 +14,48 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use cvq::data::read_segment_file;
-use cvq::model::weights::Linear;
+use cvq::model::spec::Kind;
 use cvq::model::Weights;
 use cvq_train::data::{HostBatch, Window};
 use cvq_train::model::Gpt;
+use safetensors::SafeTensors;
 use std::path::Path;
 
-/// The int8 weights back in float, named as the trainer names its parameters; the query rows
-/// lose the 1/sqrt(head_dim) that export folded into them.
-fn float_tensors(w: &Weights) -> Vec<(String, Vec<f32>)> {
-    let unfold = (w.spec.head_dim() as f32).sqrt();
-    let lin = |l: &Linear, fold_rows: usize| -> Vec<f32> {
-        let rows = l.w.chunks_exact(l.cols).zip(&l.scale).enumerate();
-        rows.flat_map(|(r, (row, &s))| {
-            let f = if r < fold_rows { s * unfold } else { s };
-            row.iter().map(move |&v| f32::from(v) * f)
-        })
-        .collect()
+/// The weights file's tensors back in float, by the spec's names (the trainer's too): int8
+/// matrices times their row scales, the query rows without the 1/sqrt(head_dim) that export
+/// folded into them.
+fn float_tensors(w: &Weights, bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
+    let st = SafeTensors::deserialize(bytes)?;
+    let f32s = |name: &str| -> Result<Vec<f32>> {
+        let data = st.tensor(name)?.data().to_vec();
+        Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     };
-    let mut t = vec![
-        ("tok_prev".into(), lin(&w.tok_prev, 0)),
-        ("tok_same".into(), lin(&w.tok_same, 0)),
-        ("pos".into(), lin(&w.pos, 0)),
-        ("norm_out.gain".into(), w.norm_out.clone()),
-        ("head_bias".into(), w.head_bias.clone()),
-    ];
-    for (i, l) in w.layers.iter().enumerate() {
-        let n = |s: &str| format!("layers.{i}.{s}");
-        t.extend([
-            (n("norm1.gain"), l.norm1.clone()),
-            (n("attn.qkv"), lin(&l.qkv, w.spec.width)),
-            (n("attn.frame_bias"), l.frame_bias.clone()),
-            (n("attn.out"), lin(&l.out, 0)),
-            (n("norm2.gain"), l.norm2.clone()),
-            (n("mlp.up"), lin(&l.up, 0)),
-            (n("mlp.down"), lin(&l.down, 0)),
-        ]);
+    let unfold = (w.spec.head_dim() as f32).sqrt();
+    let mut out = vec![];
+    for (name, shape, kind) in w.spec.tensors() {
+        let values = match kind {
+            Kind::F32 => f32s(&name)?,
+            Kind::Int8Rows => {
+                let (scales, cols) = (f32s(&format!("{name}.scale"))?, shape[1]);
+                let folded = if name.ends_with("attn.qkv") { w.spec.width } else { 0 };
+                let rows = st.tensor(&name)?.data().chunks_exact(cols).zip(scales).enumerate();
+                rows.flat_map(|(r, (row, s))| {
+                    let s = if r < folded { s * unfold } else { s };
+                    row.iter().map(move |&v| f32::from(v as i8) * s)
+                })
+                .collect()
+            }
+        };
+        out.push((name, values));
     }
-    t
+    Ok(out)
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     ensure!(args.len() >= 4, "usage: dynamic_eval WEIGHTS SEGMENT.npy FROM_FRAME LR [PARAMETER PREFIX...]");
-    let w = Weights::load(Path::new(&args[0]))?;
+    let bytes = std::fs::read(&args[0]).with_context(|| format!("{}: cannot read", args[0]))?;
+    let w = Weights::from_bytes(&bytes).with_context(|| format!("{}: not valid cvq weights", args[0]))?;
     let seg = read_segment_file(Path::new(&args[1]))?;
     let from: usize = args[2].parse().context("FROM_FRAME")?;
     let lr: f64 = args[3].parse().context("LR")?;
@@ -68,7 +66,7 @@ fn main() -> Result<()> {
     let (vm, device) = (VarMap::new(), Device::Cpu);
     let model = Gpt::new(w.spec, &vm, &device, 0)?;
     let vars = Gpt::vars(&vm);
-    for (name, values) in float_tensors(&w) {
+    for (name, values) in float_tensors(&w, &bytes)? {
         let var = &vars.iter().find(|(n, _)| *n == name).with_context(|| format!("no parameter {name}"))?.1;
         var.set(&Tensor::from_vec(values, var.shape(), &device)?)?;
     }
