@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{clip, synthetic};
+use common::{clip, clip_frames, synthetic};
 use cvq::code::ideal_bits;
-use cvq::data::Segment;
 use cvq::model::{ModelSpec, Weights};
 use cvq::pipeline::{compress_segments, decompress_segments};
 use cvq::predict::transformer::Transformer;
@@ -22,14 +21,6 @@ fn weights(seed: u64) -> Arc<Transformer> {
 
 fn adaptive(t: &Arc<Transformer>) -> [Model; 2] {
     [Model::Neural(Arc::clone(t), Learning::Online), Model::Mixed(Arc::clone(t), Learning::Online)]
-}
-
-/// The clip's first `frames` frames as a segment.
-fn clip_frames(frames: usize) -> Segment {
-    let mut seg = clip();
-    seg.tokens.truncate(frames * 128);
-    seg.header = synthetic("h", frames, 0).header;
-    seg
 }
 
 #[test]

@@ -48,10 +48,7 @@ fn clip_archive_matches_golden_hash() {
 #[test]
 fn archive_bytes_do_not_depend_on_thread_count() {
     let mut segments: Vec<Segment> = (0..6).map(|i| synthetic(&format!("s{i}"), 20 + i * 7, i as u64)).collect();
-    let mut seg = clip();
-    seg.tokens.truncate(300 * 128);
-    seg.header = synthetic("h", 300, 0).header;
-    segments.push(seg);
+    segments.push(common::clip_frames(300));
     let one = compress_with_threads(&segments, 1);
     let two = compress_with_threads(&segments, 2);
     assert_eq!(one, two);

@@ -10,3 +10,11 @@ pub fn clip() -> Segment {
 }
 
 pub use cvq::data::synthetic::segment as synthetic;
+
+/// The clip's first `frames` frames as a segment of its own (header included).
+pub fn clip_frames(frames: usize) -> Segment {
+    let mut seg = clip();
+    seg.tokens.truncate(frames * 128);
+    seg.header = synthetic("h", frames, 0).header;
+    seg
+}
