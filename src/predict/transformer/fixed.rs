@@ -104,6 +104,33 @@ fn shift_left_saturating(v: i64, s: u32) -> i64 {
     v.checked_shl(s).filter(|r| r >> s == v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// Exact `n / d` (rounded down) for many `n` by one divisor, with a multiply instead of a
+/// division: `n * floor(2^64 / d) / 2^64` falls short of the quotient by less than `n /
+/// 2^64 < 1`, so it is the quotient or one below it, and one comparison tells which.
+pub struct Divider {
+    d: u64,
+    inv: u64,
+}
+
+impl Divider {
+    /// `d >= 2`, so that `2^64 / d` fits a u64.
+    pub fn new(d: u64) -> Divider {
+        assert!(d >= 2, "Divider: a divisor of at least 2");
+        Divider { d, inv: ((1u128 << 64) / u128::from(d)) as u64 }
+    }
+
+    #[inline]
+    pub fn floor(&self, n: u64) -> u64 {
+        let q = ((u128::from(n) * u128::from(self.inv)) >> 64) as u64;
+        // q * d <= n, so the difference cannot wrap.
+        if n - q * self.d >= self.d {
+            q + 1
+        } else {
+            q
+        }
+    }
+}
+
 /// Largest magnitude of a quantized activation.
 pub const QMAX: i32 = 2047;
 
@@ -167,5 +194,29 @@ mod tests {
         let mut q = [0i16; 2];
         assert_eq!(quantize(&[3, -1], &mut q), -9);
         assert_eq!(q, [1536, -512]);
+    }
+
+    #[test]
+    fn divider_gives_the_quotient_of_integer_division() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let divisors = [2, 3, 7, 1 << 30, (1 << 30) + 1, (1 << 40) - 1, u64::MAX - 1, u64::MAX];
+        let random: Vec<u64> = (0..2000).map(|i| (next() >> (i % 62)).max(2)).collect();
+        for d in divisors.into_iter().chain(random) {
+            let div = Divider::new(d);
+            // Multiples and their neighbours (where a one-off error would show), the extremes,
+            // and random numerators of every size.
+            let k = next() % (u64::MAX / d);
+            let edges = [0, 1, d - 1, d, d + 1, k * d, k * d + d - 1, (k * d).saturating_sub(1), u64::MAX];
+            let random: Vec<u64> = (0..200).map(|i| next() >> (i % 64)).collect();
+            for n in edges.into_iter().chain(random) {
+                assert_eq!(div.floor(n), n / d, "{n} / {d}");
+            }
+        }
     }
 }

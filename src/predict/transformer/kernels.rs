@@ -1,13 +1,14 @@
 //! The integer inner loops. Each has one portable definition; on x86-64 with AVX2 a second
-//! version (intrinsics for the matrix product, the portable code recompiled with AVX2 for the
-//! rest) is chosen at run time. Integer sums do not depend on their order, so every version
+//! version (intrinsics for the matrix product and attention, the portable code recompiled
+//! with AVX2 for the dot product), and for the matrix product an AVX-512 VNNI third, is
+//! chosen at run time. Integer sums do not depend on their order, so every version
 //! gives the same integers (a test checks it).
 //!
 //! Bounds: activations |a| <= 2047, weights -128..=127, rows of at most 8192 and heads of at
 //! most 512 (`model::spec`'s limits, enforced when weights load): no i32 sum overflows.
 //!
-//! Safety: each public function is safe for any arguments. The AVX2 versions are private;
-//! `matmul` and `scores` check, once per call, what their raw loads rely on.
+//! Safety: each public function is safe for any arguments. The SIMD versions are private;
+//! their public entry points check, once per call, what their raw loads rely on.
 
 use super::fixed::{shift_round, Tables};
 
@@ -27,21 +28,20 @@ fn matmul_generic(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     }
 }
 
-/// `out[i] = dot(q, keys[slots[i] * stride + offset ..][..q.len()])`: attention scores.
+/// `out[i] = dot(q, keys[i])` for the keys laid end to end in `keys`: attention scores.
 #[inline(always)]
-fn scores_generic(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
-    for (o, &s) in out.iter_mut().zip(slots) {
-        *o = dot_generic(q, &keys[s * stride + offset..][..q.len()]);
+fn scores_generic(q: &[i16], keys: &[i16], out: &mut [i32]) {
+    for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *o = dot_generic(q, k);
     }
 }
 
-/// `acc += sum_i probs[i] * values[slots[i] * stride + offset ..]`: the weighted values.
+/// `acc += sum_i probs[i] * values[i]` for the values laid end to end in `values`.
 #[inline(always)]
-fn weighted_sum_generic(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
-    for (&p, &s) in probs.iter().zip(slots) {
+fn weighted_sum_generic(probs: &[i32], values: &[i16], acc: &mut [i32]) {
+    for (&p, v) in probs.iter().zip(values.chunks_exact(acc.len())) {
         if p != 0 {
-            let n = acc.len();
-            for (a, &v) in acc.iter_mut().zip(&values[s * stride + offset..][..n]) {
+            for (a, &v) in acc.iter_mut().zip(v) {
                 *a = a.wrapping_add(p.wrapping_mul(i32::from(v)));
             }
         }
@@ -188,21 +188,22 @@ mod avx2 {
     }
 
     /// Scores of 8 keys at a time: their multiply-add sums reduced together by `vphaddd`
-    /// instead of one horizontal sum per key. `q.len()` must be a multiple of 16.
+    /// instead of one horizontal sum per key. The caller checked `keys.len() == out.len() *
+    /// q.len()`; `q.len()` must be a multiple of 16.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
+    pub unsafe fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
         let n = q.len();
         if !n.is_multiple_of(16) {
-            return super::scores_generic(q, keys, stride, offset, slots, out);
+            return super::scores_generic(q, keys, out);
         }
-        let full = slots.len() / 8 * 8;
-        for (group, o) in slots[..full].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        let full = out.len() / 8 * 8;
+        for (g, o) in out[..full].chunks_exact_mut(8).enumerate() {
             let mut acc = [_mm256_setzero_si256(); 8];
             for c in (0..n).step_by(16) {
                 let qv = _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i);
-                for (a, &slot) in acc.iter_mut().zip(group) {
-                    // In bounds: the safe `scores` checked every slot's key lies in `keys`.
-                    let kv = _mm256_loadu_si256(keys.as_ptr().add(slot * stride + offset + c) as *const __m256i);
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // In bounds: key 8g + k < out.len(), and keys holds out.len() keys.
+                    let kv = _mm256_loadu_si256(keys.as_ptr().add((8 * g + k) * n + c) as *const __m256i);
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(qv, kv));
                 }
             }
@@ -217,19 +218,47 @@ mod avx2 {
             let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
             _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(lo, hi));
         }
-        super::scores_generic(q, keys, stride, offset, &slots[full..], &mut out[full..])
+        super::scores_generic(q, &keys[full * n..], &mut out[full..])
     }
 
+    /// The weighted values with the accumulator in registers, 32 (or 16) of its lanes at a
+    /// time: each slot's values widened to i32 (`vpmovsxwd`) and multiplied by its probability
+    /// (`vpmulld`, the low 32 bits of the product, as `wrapping_mul`). The caller checked
+    /// `values.len() == probs.len() * acc.len()`; `acc.len()` must be a multiple of 16.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn weighted_sum(
-        probs: &[i32],
-        values: &[i16],
-        stride: usize,
-        offset: usize,
-        slots: &[usize],
-        acc: &mut [i32],
-    ) {
-        super::weighted_sum_generic(probs, values, stride, offset, slots, acc)
+    pub unsafe fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
+        let n = acc.len();
+        if !n.is_multiple_of(16) {
+            return super::weighted_sum_generic(probs, values, acc);
+        }
+        let wide = n / 32 * 32;
+        for c in (0..wide).step_by(32) {
+            weighted_lanes::<4>(probs, values, acc, c);
+        }
+        if wide < n {
+            weighted_lanes::<2>(probs, values, acc, wide);
+        }
+    }
+
+    /// Lanes `c..c + 8 * R` of `weighted_sum`.
+    #[inline(always)]
+    unsafe fn weighted_lanes<const R: usize>(probs: &[i32], values: &[i16], acc: &mut [i32], c: usize) {
+        let n = acc.len();
+        let mut a: [__m256i; R] = std::array::from_fn(|k| _mm256_loadu_si256(acc.as_ptr().add(c + 8 * k) as *const _));
+        for (i, &p) in probs.iter().enumerate() {
+            if p != 0 {
+                let pv = _mm256_set1_epi32(p);
+                // In bounds: slot i < probs.len(), and values holds probs.len() rows of n.
+                let row = values.as_ptr().add(i * n + c);
+                for (k, a) in a.iter_mut().enumerate() {
+                    let v = _mm256_cvtepi16_epi32(_mm_loadu_si128(row.add(8 * k) as *const __m128i));
+                    *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(pv, v));
+                }
+            }
+        }
+        for (k, a) in a.iter().enumerate() {
+            _mm256_storeu_si256(acc.as_mut_ptr().add(c + 8 * k) as *mut __m256i, *a);
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -372,14 +401,11 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     dispatch!(matmul(x, cols, w, out), matmul_generic)
 }
 
-/// Panics if a slot's key, `keys[slot * stride + offset ..][..q.len()]`, is not inside `keys`:
-/// checked once per call, on the largest slot, because the AVX2 version reads through raw
-/// pointers.
-pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
-    let last =
-        slots.iter().max().map_or(Some(0), |&s| s.checked_mul(stride)?.checked_add(offset)?.checked_add(q.len()));
-    assert!(last.is_some_and(|end| end <= keys.len()), "attention scores: a slot's key lies outside the cache");
-    dispatch!(scores(q, keys, stride, offset, slots, out), scores_generic)
+/// Panics unless `keys` holds exactly `out.len()` keys of `q.len()`: checked once per call,
+/// because the AVX2 version reads through raw pointers.
+pub fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
+    assert!(out.len().checked_mul(q.len()) == Some(keys.len()), "attention scores: the keys are not one per score");
+    dispatch!(scores(q, keys, out), scores_generic)
 }
 
 /// See `softmax_weights_generic`. Panics unless the slices have one length.
@@ -418,8 +444,13 @@ pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, 
     probabilities_generic(weights, value_shift, vmax, inv, probs)
 }
 
-pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
-    dispatch!(weighted_sum(probs, values, stride, offset, slots, acc), weighted_sum_generic)
+/// Panics unless `values` holds exactly `probs.len()` values of `acc.len()`.
+pub fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
+    assert!(
+        probs.len().checked_mul(acc.len()) == Some(values.len()),
+        "attention values: the values are not one per probability"
+    );
+    dispatch!(weighted_sum(probs, values, acc), weighted_sum_generic)
 }
 
 /// This core's peak rate of i16 multiply-accumulates per second with the instruction the
@@ -455,11 +486,11 @@ pub mod portable {
     pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         super::matmul_generic(x, cols, w, out)
     }
-    pub fn scores(q: &[i16], keys: &[i16], stride: usize, offset: usize, slots: &[usize], out: &mut [i32]) {
-        super::scores_generic(q, keys, stride, offset, slots, out)
+    pub fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
+        super::scores_generic(q, keys, out)
     }
-    pub fn weighted_sum(probs: &[i32], values: &[i16], stride: usize, offset: usize, slots: &[usize], acc: &mut [i32]) {
-        super::weighted_sum_generic(probs, values, stride, offset, slots, acc)
+    pub fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
+        super::weighted_sum_generic(probs, values, acc)
     }
     pub fn softmax_weights(
         scores: &mut [i32],
@@ -509,17 +540,20 @@ mod tests {
             }
             assert_eq!(dot(&x[..cols], &w[..cols]), portable::dot(&x[..cols], &w[..cols]));
         }
-        let (q, keys) = (vals(32, 3, 2047), vals(64 * 43, 5, 2047));
-        let slots: Vec<usize> = (0..43).map(|i| i * 17 % 43).collect();
-        let (mut s1, mut s2) = (vec![0; 43], vec![0; 43]);
-        scores(&q, &keys, 64, 32, &slots, &mut s1);
-        portable::scores(&q, &keys, 64, 32, &slots, &mut s2);
-        assert_eq!(s1, s2);
-        let probs: Vec<i32> = (0..43).map(|i| i * 99_991 % (1 << 19)).collect();
-        let (mut a1, mut a2) = (vec![3; 32], vec![3; 32]);
-        weighted_sum(&probs, &keys, 64, 32, &slots, &mut a1);
-        portable::weighted_sum(&probs, &keys, 64, 32, &slots, &mut a2);
-        assert_eq!(a1, a2);
+        // 43 keys (a tail after the groups of 8), heads of 16, 32 and 48 (the vector cases,
+        // 48 with a 16-lane tail) and 40 (not).
+        for hd in [16, 32, 40, 48] {
+            let (q, keys) = (vals(hd, 3, 2047), vals(hd * 43, 5, 2047));
+            let (mut s1, mut s2) = (vec![0; 43], vec![0; 43]);
+            scores(&q, &keys, &mut s1);
+            portable::scores(&q, &keys, &mut s2);
+            assert_eq!(s1, s2, "head_dim {hd}");
+            let probs: Vec<i32> = (0..43).map(|i| i * 99_991 % (1 << 19)).collect();
+            let (mut a1, mut a2) = (vec![3; hd], vec![3; hd]);
+            weighted_sum(&probs, &keys, &mut a1);
+            portable::weighted_sum(&probs, &keys, &mut a2);
+            assert_eq!(a1, a2, "head_dim {hd}");
+        }
     }
 
     /// The attention softmax's vector versions against the portable ones, on windows whose
@@ -564,19 +598,22 @@ mod tests {
         }
     }
 
-    /// Slots past the cache (or whose offset overflows) are a panic, never a read outside
-    /// `keys`: release builds ran the AVX2 loads unchecked. Eight slots reach the SIMD loop.
+    /// Keys that do not match the scores one to one are a panic, never a read outside `keys`:
+    /// release builds run the AVX2 loads unchecked. Eight scores reach the SIMD loop.
     #[test]
-    fn scores_check_their_slots_in_release_builds() {
-        let (q, keys) = (vals(16, 3, 2047), vals(64 * 8, 5, 2047));
-        for bad in [8, 1 << 40, usize::MAX / 64] {
-            let slots = [0, 1, 2, 3, 4, 5, 6, bad];
-            let caught = std::panic::catch_unwind(|| scores(&q, &keys, 64, 48, &slots, &mut [0; 8]));
+    fn attention_kernels_check_their_lengths_in_release_builds() {
+        let q = vals(16, 3, 2047);
+        for len in [16 * 8 - 1, 16 * 7, 16 * 9] {
+            let keys = vals(len, 5, 2047);
+            let caught = std::panic::catch_unwind(|| scores(&q, &keys, &mut [0; 8]));
             let msg = *caught.unwrap_err().downcast::<&str>().unwrap();
-            assert_eq!(msg, "attention scores: a slot's key lies outside the cache", "slot {bad}");
+            assert_eq!(msg, "attention scores: the keys are not one per score", "{len} values");
+            let caught = std::panic::catch_unwind(|| weighted_sum(&[1; 8], &keys, &mut [0; 16]));
+            let msg = *caught.unwrap_err().downcast::<&str>().unwrap();
+            assert_eq!(msg, "attention values: the values are not one per probability", "{len} values");
         }
-        // The last slot in range is accepted.
-        scores(&q, &keys, 64, 48, &[0, 1, 2, 3, 4, 5, 6, 7], &mut [0; 8]);
+        // Exactly one key per score is accepted.
+        scores(&q, &vals(16 * 8, 5, 2047), &mut [0; 8]);
     }
 
     #[test]
@@ -585,7 +622,7 @@ mod tests {
         let top = 2047i16;
         let (q, keys) = (vec![top; MAX_HEAD_DIM], vec![top; MAX_HEAD_DIM * 9]);
         let mut s = vec![0; 9];
-        scores(&q, &keys, MAX_HEAD_DIM, 0, &(0..9).collect::<Vec<_>>(), &mut s);
+        scores(&q, &keys, &mut s);
         assert!(s.iter().all(|&v| i64::from(v) == MAX_HEAD_DIM as i64 * 2047 * 2047), "{s:?}");
         let (x, w) = (vec![-top; MAX_ROW * 5], vec![-128i16; MAX_ROW * 3]);
         let mut o = vec![0; 15];

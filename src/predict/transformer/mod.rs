@@ -104,18 +104,28 @@ pub struct Transformer {
 }
 
 /// One segment's state: the tokens so far and, per layer, the keys and values of the last
-/// `context_frames + 1` frames in a ring indexed by `(frame mod (K+1)) * 128 + position`.
+/// `context_frames + 1` frames in a ring of slots `(frame mod (K+1)) * 128 + position`.
 pub struct Session {
     pub tokens: Vec<u16>,
     keys: Vec<Cache>,
     values: Vec<Cache>,
 }
 
+/// One layer's keys (or values), head by head, so that a head's vectors over a run of slots
+/// are one contiguous block the kernels stream through.
 struct Cache {
-    /// Quantized vectors, `[window, width]`.
+    /// Quantized vectors, `[heads, window, head_dim]`.
     q: Vec<i16>,
-    /// Power-of-two scale per slot and head, `[window, heads]`.
+    /// Power-of-two scale per head and slot, `[heads, window]`.
     shift: Vec<i32>,
+}
+
+/// Slots `start..start + len` of the ring, all of one frame, `dt` frames before the element.
+#[derive(Clone, Copy)]
+struct Run {
+    start: usize,
+    len: usize,
+    dt: usize,
 }
 
 impl Transformer {
@@ -155,7 +165,7 @@ impl Transformer {
 
     pub fn session(&self, capacity: usize) -> Session {
         let (win, d, h) = (self.spec.window(), self.spec.width, self.spec.heads);
-        let cache = || Cache { q: vec![0; win * d], shift: vec![0; win * h] };
+        let cache = || Cache { q: vec![0; h * win * (d / h)], shift: vec![0; h * win] };
         Session {
             tokens: Vec::with_capacity(capacity),
             keys: (0..self.spec.layers).map(|_| cache()).collect(),
@@ -218,66 +228,67 @@ impl Transformer {
         x.iter_mut().zip(&y).for_each(|(a, &b)| *a = a.saturating_add(b));
     }
 
-    /// The cache slots of the window seen by a session's next element, oldest frame first,
-    /// with their frame offsets: the previous `context_frames` frames whole and the current
-    /// frame up to and including the element itself.
-    fn window(&self, p: usize) -> (Vec<usize>, Vec<usize>) {
+    /// The window seen by a session's next element, as runs of ring slots, one per frame,
+    /// oldest first: the previous `context_frames` frames whole and the current frame up to
+    /// and including the element itself (the last slot of the last run).
+    fn window(&self, p: usize) -> Vec<Run> {
         let k_frames = self.spec.context_frames;
         let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
-        let mut slots = vec![];
-        let mut offsets = vec![];
-        for f in t.saturating_sub(k_frames)..=t {
-            let n = if f == t { pos + 1 } else { TOKENS_PER_FRAME };
-            slots.extend((0..n).map(|i| (f % (k_frames + 1)) * TOKENS_PER_FRAME + i));
-            offsets.extend(std::iter::repeat_n(t - f, n));
-        }
-        (slots, offsets)
+        (t.saturating_sub(k_frames)..=t)
+            .map(|f| Run {
+                start: (f % (k_frames + 1)) * TOKENS_PER_FRAME,
+                len: if f == t { pos + 1 } else { TOKENS_PER_FRAME },
+                dt: t - f,
+            })
+            .collect()
     }
 
     /// Multi-head attention of one session's new element (its `q, k, v` in `qkv`, Q12) over
-    /// the window `slots` (with frame `offsets`); writes the Q12 result to `out`.
-    fn attend(
-        &self,
-        layer: &Layer,
-        l: usize,
-        s: &mut Session,
-        qkv: &[i32],
-        window: &(Vec<usize>, Vec<usize>),
-        out: &mut [i32],
-    ) {
+    /// its window; writes the Q12 result to `out`. Every step below is a sum, a maximum or
+    /// per slot, so the order the runs come in does not change a single integer.
+    fn attend(&self, layer: &Layer, l: usize, s: &mut Session, qkv: &[i32], window: &[Run], out: &mut [i32]) {
         let spec = &self.spec;
-        let (d, hd, heads) = (spec.width, spec.head_dim(), spec.heads);
-        let (slots, offsets) = window;
-        let here = *slots.last().expect("the window holds the element itself");
+        let (d, hd, heads, win) = (spec.width, spec.head_dim(), spec.heads, spec.window());
+        let last = window.last().expect("the window holds the element itself");
+        let here = last.start + last.len - 1;
         let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
-        let n = slots.len();
+        let n: usize = window.iter().map(|r| r.len).sum();
         let mut q = vec![0i16; hd];
-        let (mut logits, mut probs) = (vec![0i32; n], vec![0i32; n]);
-        let (mut key_shift, mut value_shift, mut bias) = (vec![0i32; n], vec![0i32; n], vec![0i32; n]);
+        let (mut logits, mut probs, mut bias) = (vec![0i32; n], vec![0i32; n], vec![0i32; n]);
+        let (mut key_shift, mut value_shift) = (vec![0i32; n], vec![0i32; n]);
         let mut weights = vec![0u64; n];
         let mut acc = vec![0i32; hd];
         for h in 0..heads {
             let span = h * hd..(h + 1) * hd;
-            keys.shift[here * heads + h] =
-                quantize(&qkv[d + span.start..d + span.end], &mut keys.q[here * d..][span.clone()]);
-            values.shift[here * heads + h] =
-                quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut values.q[here * d..][span.clone()]);
+            let (kq, vq) = (&mut keys.q[h * win * hd..][..win * hd], &mut values.q[h * win * hd..][..win * hd]);
+            let (ks, vs) = (&mut keys.shift[h * win..][..win], &mut values.shift[h * win..][..win]);
+            ks[here] = quantize(&qkv[d + span.start..d + span.end], &mut kq[here * hd..][..hd]);
+            vs[here] = quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut vq[here * hd..][..hd]);
             let sq = quantize(&qkv[span.clone()], &mut q);
-            kernels::scores(&q, &keys.q, d, span.start, slots, &mut logits);
-            // The window's shifts and frame biases side by side, for the vector kernels.
             let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
-            for (i, (&slot, &dt)) in slots.iter().zip(offsets).enumerate() {
-                (key_shift[i], value_shift[i]) = (keys.shift[slot * heads + h], values.shift[slot * heads + h]);
-                bias[i] = frame_bias[dt];
+            let mut at = 0;
+            for r in window {
+                let (slots, dst) = (r.start..r.start + r.len, at..at + r.len);
+                kernels::scores(&q, &kq[slots.start * hd..slots.end * hd], &mut logits[dst.clone()]);
+                key_shift[dst.clone()].copy_from_slice(&ks[slots.clone()]);
+                value_shift[dst.clone()].copy_from_slice(&vs[slots]);
+                bias[dst].fill(frame_bias[r.dt]);
+                at += r.len;
             }
             kernels::softmax_weights(&mut logits, 16 - sq, &key_shift, &bias, &self.tables, &mut weights);
             // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
-            // scaled down to the largest value shift in the window.
+            // scaled down to the largest value shift among the slots with weight.
             let inv = (1u64 << 51) / weights.iter().sum::<u64>();
-            let vmax = value_shift.iter().zip(&weights).filter(|(_, &w)| w > 0).map(|(&v, _)| v).max().unwrap();
+            let vmax = value_shift.iter().zip(&weights).map(|(&v, &w)| if w > 0 { v } else { i32::MIN }).max();
+            let vmax = vmax.expect("a window is never empty");
             kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
             acc.fill(0);
-            kernels::weighted_sum(&probs, &values.q, d, span.start, slots, &mut acc);
+            let mut at = 0;
+            for r in window {
+                let block = &vq[r.start * hd..(r.start + r.len) * hd];
+                kernels::weighted_sum(&probs[at..at + r.len], block, &mut acc);
+                at += r.len;
+            }
             for (o, &a) in out[span].iter_mut().zip(&acc) {
                 *o = shift_round(i64::from(a), 19 - vmax);
             }
@@ -287,17 +298,22 @@ impl Transformer {
     /// The coder's frequency table for logits (Q12): softmax by the exp table, each token at
     /// least 1, total exactly 2^24 (the remainder goes to the most likely token).
     pub fn frequencies(&self, logits: &[i32], freqs: &mut [u32]) {
-        let l8: Vec<i32> = logits.iter().map(|&l| shift_round(i64::from(l), 4)).collect();
-        let max = *l8.iter().max().unwrap();
-        let e: Vec<u64> =
-            l8.iter().map(|&l| self.tables.exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)).collect();
+        let max = logits.iter().map(|&l| shift_round(i64::from(l), 4)).max().unwrap();
+        let e: Vec<u64> = logits
+            .iter()
+            .map(|&l| {
+                let l8 = shift_round(i64::from(l), 4);
+                self.tables.exp_neg((i64::from(max) - i64::from(l8)).min(u32::MAX.into()) as u32)
+            })
+            .collect();
         let sum: u64 = e.iter().sum();
         let budget = u64::from(TOTAL) - VOCAB as u64;
+        let divide = fixed::Divider::new(sum);
         for (f, &ev) in freqs.iter_mut().zip(&e) {
-            *f = 1 + (ev * budget / sum) as u32;
+            *f = 1 + divide.floor(ev * budget) as u32;
         }
         let used: u32 = freqs.iter().sum();
-        let top = l8.iter().position(|&l| l == max).unwrap();
+        let top = logits.iter().position(|&l| shift_round(i64::from(l), 4) == max).unwrap();
         freqs[top] += TOTAL - used;
     }
 }
