@@ -80,17 +80,17 @@ fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u
     }
 }
 
-/// The products a register-blocked kernel left out: those of the rows of `x` from `xb` on or
-/// of `w` from `wb` on. Inlined into each kernel, so it compiles with that kernel's features.
+/// The products a register-blocked kernel left out. It blocks 4 rows of `x` by 2 rows of `w`
+/// up to row `xb = 4 * (x rows / 4)` of `x` and `wb` of `w`, and the rows of `x` from `xb` on
+/// one at a time by 4 rows of `w`, up to `wb4`. Inlined into each kernel, so it compiles with
+/// that kernel's features.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn matmul_leftovers(x: &[i16], cols: usize, w: &[i16], out: &mut [i32], xb: usize, wb: usize) {
+fn matmul_leftovers(x: &[i16], cols: usize, w: &[i16], out: &mut [i32], xb: usize, (wb, wb4): (usize, usize)) {
     let (xr, wr) = (x.len() / cols, w.len() / cols);
-    for j in 0..wr {
-        for r in 0..xr {
-            if j >= wb || r >= xb {
-                out[r * wr + j] = dot_generic(&x[r * cols..][..cols], &w[j * cols..][..cols]);
-            }
+    for r in 0..xr {
+        for j in if r < xb { wb } else { wb4 }..wr {
+            out[r * wr + j] = dot_generic(&x[r * cols..][..cols], &w[j * cols..][..cols]);
         }
     }
 }
@@ -269,8 +269,8 @@ mod avx2 {
         _mm_cvtsi128_si32(s)
     }
 
-    /// Register-blocked product: 4 rows of `x` by 2 rows of `w` per pass, 16 lanes of i16
-    /// multiply-adds (`vpmaddwd`) into i32. `cols` must be a multiple of 16.
+    /// Register-blocked product: 4 rows of `x` by 2 rows of `w` per pass (the last rows one by
+    /// 4), 16 lanes of i16 multiply-adds (`vpmaddwd`) into i32. `cols` must be a multiple of 16.
     #[target_feature(enable = "avx2")]
     pub unsafe fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         let (xr, wr) = (x.len() / cols, w.len() / cols);
@@ -293,7 +293,24 @@ mod avx2 {
                 }
             }
         }
-        super::matmul_leftovers(x, cols, w, out, xb, wb);
+        // The last rows of a batch that is not a multiple of 4 (a lone segment's every row):
+        // one row of `x` by 4 rows of `w`.
+        let wb4 = wr / 4 * 4;
+        for r in xb..xr {
+            for j in (0..wb4).step_by(4) {
+                let mut acc = [_mm256_setzero_si256(); 4];
+                for c in (0..cols).step_by(16) {
+                    let xv = ld(x, r, c);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, ld(w, j + k, c)));
+                    }
+                }
+                for (k, a) in acc.iter().enumerate() {
+                    out[r * wr + j + k] = hsum(*a);
+                }
+            }
+        }
+        super::matmul_leftovers(x, cols, w, out, xb, (wb, wb4));
     }
 
     /// Multiply-adds per second with no memory traffic: 8 independent `vpmaddwd` chains.
@@ -317,7 +334,8 @@ mod avx2 {
 mod vnni {
     use std::arch::x86_64::*;
 
-    /// Register-blocked like the AVX2 version: 4 rows of `x` by 2 rows of `w` per pass.
+    /// Register-blocked like the AVX2 version: 4 rows of `x` by 2 rows of `w` per pass, the
+    /// last rows one by 4.
     /// `cols` must be a multiple of 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
@@ -341,7 +359,22 @@ mod vnni {
                 }
             }
         }
-        super::matmul_leftovers(x, cols, w, out, xb, wb);
+        let wb4 = wr / 4 * 4;
+        for r in xb..xr {
+            for j in (0..wb4).step_by(4) {
+                let mut acc = [_mm512_setzero_si512(); 4];
+                for c in (0..cols).step_by(32) {
+                    let xv = ld(x, r, c);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_dpwssd_epi32(*a, xv, ld(w, j + k, c));
+                    }
+                }
+                for (k, a) in acc.iter().enumerate() {
+                    out[r * wr + j + k] = _mm512_reduce_add_epi32(*a);
+                }
+            }
+        }
+        super::matmul_leftovers(x, cols, w, out, xb, (wb, wb4));
     }
 
     /// Multiply-adds per second with no memory traffic: 8 independent `vpdpwssd` chains.
@@ -525,7 +558,10 @@ mod tests {
 
     #[test]
     fn simd_and_portable_give_the_same_integers() {
-        for &(rows_x, rows_w, cols) in &[(1, 1, 16), (5, 3, 32), (32, 7, 256), (9, 66, 1024), (3, 2, 40)] {
+        // Batches of 1-3 rows and their tails after the blocks of 4, rows of `w` past blocks of 2 and 4.
+        let shapes =
+            [(1, 1, 16), (1, 9, 32), (2, 1024, 16), (3, 6, 64), (5, 3, 32), (32, 7, 256), (9, 66, 1024), (3, 2, 40)];
+        for &(rows_x, rows_w, cols) in &shapes {
             let (x, w) = (vals(rows_x * cols, 7, 2047), vals(rows_w * cols, 9, 127));
             let (mut o1, mut o2) = (vec![0; rows_x * rows_w], vec![0; rows_x * rows_w]);
             matmul(&x, cols, &w, &mut o1);
