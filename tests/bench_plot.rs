@@ -102,6 +102,11 @@ fn bench_prints_every_method_and_a_score() {
     }
     assert!(out.contains("12345 bytes"), "the decoder is counted:\n{out}");
     assert!(out.contains("score"), "{out}");
+    // The winner's lockstep decode speed, with what it means for the challenge set: all 6
+    // frames of the input, in as many copies as a lockstep batch holds.
+    let decode = out.lines().find(|l| l.trim_start().starts_with("decode ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(decode.contains("tokens/s per core") && decode.contains("768 tokens each"), "{decode}");
+    assert!(decode.contains(" h for the 5000 segments on 16 such cores"), "{decode}");
 }
 
 #[cfg(unix)]

@@ -67,7 +67,37 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>
         (model, archive, weights)
     });
     let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("cvq models");
-    print_score(model.name(), archive, weights, decoder)
+    print_score(model.name(), archive, weights, decoder)?;
+    let first = read_segment_file(&paths[0])?;
+    print_decode_time(model, &first.tokens).with_context(|| paths[0].display().to_string())
+}
+
+/// Frames of the first input that `print_decode_time` times, past any model's context window.
+const LOCKSTEP_FRAMES: usize = 48;
+
+/// The winning model's decode speed as `cvq decompress` runs it, a lockstep batch of
+/// `Model::batch_size` segments (here copies of the first input's first frames) on one
+/// thread, and what it means for the challenge set on 16 cores.
+fn print_decode_time(model: &Model, tokens: &[u16]) -> Result<()> {
+    let n = tokens.len().min(LOCKSTEP_FRAMES * TOKENS_PER_FRAME);
+    let batch = model.batch_size();
+    let (toks, sizes) = (vec![&tokens[..n]; batch], vec![n; batch]);
+    let payloads = encode(&mut model.batch(&sizes), &toks);
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let t0 = Instant::now();
+    let back = decode(&mut model.batch(&sizes), &refs, &sizes);
+    let rate = (batch * n) as f64 / t0.elapsed().as_secs_f64();
+    ensure!(
+        back.into_iter().all(|b| b.is_ok_and(|b| b == toks[0])),
+        "cvq {}: lockstep round trip mismatch",
+        model.name()
+    );
+    let hours = (CHALLENGE_SEGMENTS * CHALLENGE_TOKENS) as f64 / (16.0 * rate) / 3600.0;
+    println!(
+        "  decode         {rate:.0} tokens/s per core ({batch} segments in lockstep, {n} tokens each): \
+         {hours:.2} h for the {CHALLENGE_SEGMENTS} segments on 16 such cores"
+    );
+    Ok(())
 }
 
 fn print_row(input: &str, method: &str, tokens: usize, m: Option<Measured>) {
