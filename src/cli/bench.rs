@@ -43,6 +43,8 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>
     // Per cvq model: total payload bytes over the inputs.
     let mut payload_totals = vec![0usize; models.len()];
     let mut tokens = 0;
+    // The first input, which the lockstep decode speed is timed on.
+    let mut first: Option<Vec<u16>> = None;
     for p in paths {
         let seg = read_segment_file(p)?;
         let at = || p.display().to_string();
@@ -60,6 +62,7 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>
             print_row(&seg.name, &format!("cvq {}", model.name()), n, Some(m));
         }
         tokens += n;
+        first.get_or_insert(seg.tokens);
     }
     let estimates = models.iter().zip(payload_totals).map(|(model, total)| {
         let archive = archive_estimate(model, total * CHALLENGE_TOKENS / tokens.max(1));
@@ -68,8 +71,8 @@ pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>
     });
     let (model, archive, weights) = estimates.min_by_key(|&(_, a, w)| a + w).expect("cvq models");
     print_score(model.name(), archive, weights, decoder)?;
-    let first = read_segment_file(&paths[0])?;
-    print_decode_time(model, &first.tokens).with_context(|| paths[0].display().to_string())
+    let first = first.context("bench: no input")?;
+    print_decode_time(model, &first).with_context(|| paths[0].display().to_string())
 }
 
 /// Frames of the first input that `print_decode_time` times, past any model's context window.

@@ -335,8 +335,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     /// Register-blocked like the AVX2 version: 4 rows of `x` by 2 rows of `w` per pass, the
-    /// last rows one by 4.
-    /// `cols` must be a multiple of 32.
+    /// last rows one by 4. `cols` must be a multiple of 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         let (xr, wr) = (x.len() / cols, w.len() / cols);

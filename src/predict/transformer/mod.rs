@@ -298,14 +298,10 @@ impl Transformer {
     /// The coder's frequency table for logits (Q12): softmax by the exp table, each token at
     /// least 1, total exactly 2^24 (the remainder goes to the most likely token).
     pub fn frequencies(&self, logits: &[i32], freqs: &mut [u32]) {
-        let max = logits.iter().map(|&l| shift_round(i64::from(l), 4)).max().unwrap();
-        let e: Vec<u64> = logits
-            .iter()
-            .map(|&l| {
-                let l8 = shift_round(i64::from(l), 4);
-                self.tables.exp_neg((i64::from(max) - i64::from(l8)).min(u32::MAX.into()) as u32)
-            })
-            .collect();
+        let l8: Vec<i32> = logits.iter().map(|&l| shift_round(i64::from(l), 4)).collect();
+        let max = *l8.iter().max().unwrap();
+        let e: Vec<u64> =
+            l8.iter().map(|&l| self.tables.exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)).collect();
         let sum: u64 = e.iter().sum();
         let budget = u64::from(TOTAL) - VOCAB as u64;
         let divide = fixed::Divider::new(sum);
@@ -313,7 +309,7 @@ impl Transformer {
             *f = 1 + divide.floor(ev * budget) as u32;
         }
         let used: u32 = freqs.iter().sum();
-        let top = logits.iter().position(|&l| shift_round(i64::from(l), 4) == max).unwrap();
+        let top = l8.iter().position(|&l| l == max).unwrap();
         freqs[top] += TOTAL - used;
     }
 }
