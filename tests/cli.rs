@@ -444,9 +444,10 @@ fn extract_writes_a_shards_segments_as_the_dataset_files() {
 }
 
 #[test]
-fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_weights() {
+fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_release() {
     // Written by cvq 0.2.0 (tests/data/README.md): three frames of the clip. The context
-    // mixer's bitstream is unchanged since; the mixed one used 0.2's built-in weights.
+    // mixer's bitstream is unchanged since; the mixed one used 0.2's built-in weights and a
+    // bitstream that cvq 0.4 retired, so only cvq 0.2 (or 0.3 given those weights) reads it.
     let tmp = tempfile::tempdir().unwrap();
     let name = "3b41c0fa8959aea6c118e5714f412a2e_13";
     let cm = tmp.path().join("cm");
@@ -459,7 +460,7 @@ fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_weights() {
     let d = cvq(&["decompress", p(&common::real_data("cvq-0.2-mixed.cvq")), "-o", p(&mixed)]);
     assert_eq!(d.status.code(), Some(1));
     let expected = format!(
-        "written by the mixed predictor with the built-in weights of cvq 0.2 (model e31c4e8e8d0eb6cf...), which cvq {} does not carry: pass those weights with --weights",
+        "written by the mixed predictor of cvq 0.2, which cvq {} no longer decodes: decompress it with cvq 0.2",
         env!("CARGO_PKG_VERSION")
     );
     assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
@@ -467,16 +468,17 @@ fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_weights() {
 }
 
 #[test]
-fn archives_of_the_previous_release_are_refused_by_name() {
-    // Written by cvq 0.1.0 (tests/data/README.md): three frames of the clip.
+fn archives_of_earlier_releases_are_refused_by_name() {
+    // Written by cvq 0.1.0 and 0.3.0 (tests/data/README.md): three frames of the clip.
     let tmp = tempfile::tempdir().unwrap();
-    for predictor in ["mixed", "context-mix"] {
-        let old = common::real_data(&format!("cvq-0.1-{predictor}.cvq"));
-        let out = tmp.path().join(predictor);
+    for (release, predictor) in [("0.1", "mixed"), ("0.1", "context-mix"), ("0.3", "mixed"), ("0.3", "mixed-adaptive")]
+    {
+        let old = common::real_data(&format!("cvq-{release}-{predictor}.cvq"));
+        let out = tmp.path().join(format!("{release}-{predictor}"));
         let d = cvq(&["decompress", p(&old), "-o", p(&out)]);
         assert_eq!(d.status.code(), Some(1));
         let expected = format!(
-            "written by the {predictor} predictor of cvq 0.1, which cvq {} no longer decodes",
+            "written by the {predictor} predictor of cvq {release}, which cvq {} no longer decodes",
             env!("CARGO_PKG_VERSION")
         );
         assert!(stderr(&d).contains(&expected), "{}", stderr(&d));

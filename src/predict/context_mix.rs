@@ -49,9 +49,10 @@ const MAX_WEIGHT: i32 = 1 << 24;
 /// cvq 0.1 had it: 2^22 5.9439).
 const MAX_TABLE_BITS: u32 = 22;
 /// With a prior the counters matter less and eight segments code in lockstep, so the tables
-/// are 8x smaller: 29 MiB a segment. Mixed, two-slot buckets, on the clip: 2^19 4.3210
-/// bits/token, 2^18 4.3267 (cvq 0.1's one slot per bucket: 2^21 4.3206, 2^19 4.3322).
-const MAX_TABLE_BITS_WITH_PRIOR: u32 = 19;
+/// are 16x smaller: 14.7 MiB a segment. Mixed, two-slot buckets, on the clip / its frames
+/// 900-1199 alone (cvq 0.3's weights): 2^19 4.4423 / 4.7431, 2^18 4.4459 / 4.7452 (+0.08% /
+/// +0.04% for half the memory), 2^17 4.4510 / 4.7523 (+0.20% / +0.19%).
+const MAX_TABLE_BITS_WITH_PRIOR: u32 = 18;
 
 /// One counter: a 22-bit probability of a 1 bit and a 10-bit count of updates.
 type Counter = u32;

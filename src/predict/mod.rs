@@ -50,11 +50,11 @@ pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
 }
 
 /// Hashed with the weights' hash into the mixed model's id.
-const MIXED_ID: &[u8] = b"cvq mixed 3";
+const MIXED_ID: &[u8] = b"cvq mixed 4";
 /// Likewise for the predictors whose network learns while it codes; the version pins the
 /// update rule and its learning rates (`Learning::rates`, FORMAT.md section 3.4).
 const NEURAL_ADAPTIVE_ID: &[u8] = b"cvq neural-adaptive 1";
-const MIXED_ADAPTIVE_ID: &[u8] = b"cvq mixed-adaptive 1";
+const MIXED_ADAPTIVE_ID: &[u8] = b"cvq mixed-adaptive 2";
 
 /// Whether the network's output layer keeps learning while a segment codes (`adapt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,9 +63,11 @@ pub enum Learning {
     Online,
 }
 
-/// Predictors of earlier releases, whose bitstreams this one no longer decodes, with the
-/// release that does: the context mixer's id string, the mixed model's, and the release.
-const RETIRED: [(&[u8], &[u8], &str); 1] = [(b"cvq context-mix 1", b"cvq mixed 2", "0.1")];
+/// Predictors of earlier releases whose bitstreams this one no longer decodes, with the last
+/// release that does: the id string (a context mixer's id hashes it alone, the others' hash
+/// it with the weights' id) and the release.
+const RETIRED: [(&str, &str); 4] =
+    [("cvq context-mix 1", "0.1"), ("cvq mixed 2", "0.1"), ("cvq mixed 3", "0.3"), ("cvq mixed-adaptive 1", "0.3")];
 
 /// The built-in weights of earlier releases (their id, section 4 of FORMAT.md), which this
 /// one does not carry, with the release.
@@ -102,6 +104,22 @@ fn named_id(name: &[u8], weights: &[u8; 32]) -> [u8; 32] {
     Sha256::new().chain_update(name).chain_update(weights).finalize().into()
 }
 
+/// `RETIRED_WEIGHTS` as bytes.
+fn retired_weights() -> Vec<([u8; 32], &'static str)> {
+    let bytes = |h: &str| std::array::from_fn(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap());
+    RETIRED_WEIGHTS.iter().map(|&(h, release)| (bytes(h), release)).collect()
+}
+
+/// The earlier of two releases ("0.2", "0.10"); an empty one is the current release.
+fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
+    let key = |r: &str| -> Vec<u32> { r.split('.').map(|n| n.parse().unwrap_or(u32::MAX)).collect() };
+    if b.is_empty() || key(a) <= key(b) {
+        a
+    } else {
+        b
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -133,30 +151,27 @@ impl Model {
     }
 
     /// Why this release cannot decode an archive id that an earlier one wrote, and what can:
-    /// the context mixer or the mixed model of a retired bitstream (with weights `t` or an
-    /// earlier release's built-in ones), or a predictor with an earlier release's built-in
-    /// weights.
+    /// a retired predictor (with weights `t` or an earlier release's built-in ones), or a
+    /// predictor with an earlier release's built-in weights.
     pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<String> {
         use sha2::{Digest, Sha256};
         let this = env!("CARGO_PKG_VERSION");
-        let old: Vec<([u8; 32], &str)> = RETIRED_WEIGHTS
-            .iter()
-            .map(|&(h, release)| {
-                (std::array::from_fn(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()), release)
-            })
-            .collect();
-        let weights: Vec<[u8; 32]> = t.map(|t| t.hash).into_iter().chain(old.iter().map(|w| w.0)).collect();
-        for &(cm, mixed, release) in &RETIRED {
-            let name = if Sha256::digest(cm).as_slice() == id {
-                "context-mix"
-            } else if weights.iter().any(|w| named_id(mixed, w) == *id) {
-                "mixed"
-            } else {
-                continue;
-            };
-            return Some(format!(
-                "archive was written by the {name} predictor of cvq {release}, which cvq {this} no longer decodes: decompress it with cvq {release}"
-            ));
+        let old = retired_weights();
+        // The weights a retired predictor may have used, with the last release that carried
+        // them built in ("" for `t`, which this one has).
+        let weights: Vec<([u8; 32], &str)> = t.map(|t| (t.hash, "")).into_iter().chain(old.iter().copied()).collect();
+        for &(string, release) in &RETIRED {
+            let alone = <[u8; 32]>::from(Sha256::digest(string)) == *id;
+            let with = weights.iter().find(|w| named_id(string.as_bytes(), &w.0) == *id);
+            if alone || with.is_some() {
+                // An earlier release's weights under a later predictor: the earlier release.
+                let release = with.map_or(release, |w| earlier(release, w.1));
+                // "cvq mixed 3" -> "mixed"
+                let name = string.trim_start_matches("cvq ").trim_end_matches(|c: char| c == ' ' || c.is_ascii_digit());
+                return Some(format!(
+                    "archive was written by the {name} predictor of cvq {release}, which cvq {this} no longer decodes: decompress it with cvq {release}"
+                ));
+            }
         }
         let (hash, release, name) = old.iter().find_map(|(hash, release)| {
             let name = if hash == id {
@@ -273,5 +288,36 @@ impl Batch {
             Batch::Neural(p) => &mut p[i],
             Batch::Mixed(p) => &mut p[i],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retired_ids_name_the_release_that_reads_them() {
+        let old = retired_weights()[0].0;
+        let this = env!("CARGO_PKG_VERSION");
+        // The network alone, or this release's mixer, with weights it no longer carries.
+        for (id, name) in [(old, "neural"), (named_id(MIXED_ID, &old), "mixed")] {
+            let why = Model::retired(&id, None).unwrap();
+            assert!(
+                why.contains(&format!("{name} predictor with the built-in weights of cvq 0.2 (model e31c4e8e")),
+                "{why}"
+            );
+        }
+        // A retired mixer with 0.2's weights: 0.2 read it, even though 0.3 kept that mixer.
+        let why = Model::retired(&named_id(b"cvq mixed 3", &old), None).unwrap();
+        assert_eq!(why, format!("archive was written by the mixed predictor of cvq 0.2, which cvq {this} no longer decodes: decompress it with cvq 0.2"));
+        assert!(Model::retired(&Model::ContextMix.id(), None).is_none());
+        assert!(Model::retired(&named_id(MIXED_ID, &[7; 32]), None).is_none());
+    }
+
+    #[test]
+    fn earlier_compares_releases_by_number() {
+        assert_eq!(earlier("0.3", "0.2"), "0.2");
+        assert_eq!(earlier("0.9", "0.10"), "0.9");
+        assert_eq!(earlier("0.1", ""), "0.1");
     }
 }
