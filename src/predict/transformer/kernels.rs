@@ -1,7 +1,7 @@
 //! The integer inner loops. Each has one portable definition; on x86-64 with AVX2 a second
 //! version (intrinsics for the matrix product and attention, the portable code recompiled
-//! with AVX2 for the dot product), and for the matrix product an AVX-512 VNNI third, is
-//! chosen at run time. Integer sums do not depend on their order, so every version
+//! with AVX2 for the dot product), and for the matrix product AVX-512 VNNI or else AVX-VNNI
+//! (both `vpdpwssd`), is chosen at run time. Integer sums do not depend on their order, so every version
 //! gives the same integers (a test checks it).
 //!
 //! Bounds: activations |a| <= 2047, weights -128..=127, rows of at most 8192 and heads of at
@@ -273,6 +273,29 @@ mod avx2 {
     /// 4), 16 lanes of i16 multiply-adds (`vpmaddwd`) into i32. `cols` must be a multiple of 16.
     #[target_feature(enable = "avx2")]
     pub unsafe fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
+        matmul_with::<false>(x, cols, w, out)
+    }
+
+    /// `matmul` with AVX-VNNI's 256-bit `vpdpwssd` (CPUs with it but no AVX-512: Intel's
+    /// since Alder Lake, AMD's since Zen 5): the multiply-add and the add in one instruction.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn matmul_vnni(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
+        matmul_with::<true>(x, cols, w, out)
+    }
+
+    /// `acc + madd(x, w)`: one `vpdpwssd` with AVX-VNNI, else `vpmaddwd` and `vpaddd`. Inlined
+    /// into a caller that enables the instruction.
+    #[inline(always)]
+    unsafe fn madd_add<const VNNI: bool>(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+        if VNNI {
+            _mm256_dpwssd_avx_epi32(acc, x, w)
+        } else {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(x, w))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn matmul_with<const VNNI: bool>(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         let (xr, wr) = (x.len() / cols, w.len() / cols);
         let (xb, wb) = (xr / 4 * 4, wr / 2 * 2);
         let ld = |p: &[i16], row: usize, c: usize| _mm256_loadu_si256(p.as_ptr().add(row * cols + c) as *const __m256i);
@@ -283,8 +306,8 @@ mod avx2 {
                     let (w0, w1) = (ld(w, j, c), ld(w, j + 1, c));
                     for k in 0..4 {
                         let xv = ld(x, r + k, c);
-                        acc[2 * k] = _mm256_add_epi32(acc[2 * k], _mm256_madd_epi16(xv, w0));
-                        acc[2 * k + 1] = _mm256_add_epi32(acc[2 * k + 1], _mm256_madd_epi16(xv, w1));
+                        acc[2 * k] = madd_add::<VNNI>(acc[2 * k], xv, w0);
+                        acc[2 * k + 1] = madd_add::<VNNI>(acc[2 * k + 1], xv, w1);
                     }
                 }
                 for k in 0..4 {
@@ -302,7 +325,7 @@ mod avx2 {
                 for c in (0..cols).step_by(16) {
                     let xv = ld(x, r, c);
                     for (k, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, ld(w, j + k, c)));
+                        *a = madd_add::<VNNI>(*a, xv, ld(w, j + k, c));
                     }
                 }
                 for (k, a) in acc.iter().enumerate() {
@@ -398,6 +421,12 @@ fn has_vnni() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
+fn has_avx_vnni() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("avxvnni")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
 fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
@@ -429,6 +458,11 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     if cols.is_multiple_of(32) && has_vnni() {
         // SAFETY: AVX-512 VNNI and BW are present; rows are whole, as for AVX2.
         return unsafe { vnni::matmul(x, cols, w, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx_vnni() {
+        // SAFETY: AVX2 and AVX-VNNI are present; cols is a multiple of 16.
+        return unsafe { avx2::matmul_vnni(x, cols, w, out) };
     }
     dispatch!(matmul(x, cols, w, out), matmul_generic)
 }
@@ -566,12 +600,18 @@ mod tests {
             matmul(&x, cols, &w, &mut o1);
             portable::matmul(&x, cols, &w, &mut o2);
             assert_eq!(o1, o2, "{rows_x} x {rows_w} x {cols}");
-            // Where `matmul` took AVX-512 VNNI, the AVX2 version must agree too.
+            // Where `matmul` took AVX-512 VNNI, the AVX-VNNI and AVX2 versions must agree too.
             #[cfg(target_arch = "x86_64")]
             if has_avx2() && cols.is_multiple_of(16) {
                 // SAFETY: AVX2 is present; cols is a multiple of 16.
                 unsafe { avx2::matmul(&x, cols, &w, &mut o1) };
                 assert_eq!(o1, o2, "AVX2: {rows_x} x {rows_w} x {cols}");
+                if has_avx_vnni() {
+                    o1.fill(0);
+                    // SAFETY: AVX-VNNI is present too.
+                    unsafe { avx2::matmul_vnni(&x, cols, &w, &mut o1) };
+                    assert_eq!(o1, o2, "AVX-VNNI: {rows_x} x {rows_w} x {cols}");
+                }
             }
             assert_eq!(dot(&x[..cols], &w[..cols]), portable::dot(&x[..cols], &w[..cols]));
         }
