@@ -1,8 +1,8 @@
 //! The integer inner loops. Each has one portable definition; on x86-64 with AVX2 a second
 //! version (intrinsics for the matrix product and attention, the portable code recompiled
 //! with AVX2 for the dot product), and for the matrix product AVX-512 VNNI or else AVX-VNNI
-//! (both `vpdpwssd`), is chosen at run time. Integer sums do not depend on their order, so every version
-//! gives the same integers (a test checks it).
+//! (both `vpdpwssd`), is chosen at run time. Integer sums do not depend on their order, so
+//! every version gives the same integers (a test checks it).
 //!
 //! Bounds: activations |a| <= 2047, weights -128..=127, rows of at most 8192 and heads of at
 //! most 512 (`model::spec`'s limits, enforced when weights load): no i32 sum overflows.

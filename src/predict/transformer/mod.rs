@@ -300,8 +300,8 @@ impl Transformer {
     pub fn frequencies(&self, logits: &[i32], freqs: &mut [u32]) {
         let l8: Vec<i32> = logits.iter().map(|&l| shift_round(i64::from(l), 4)).collect();
         let max = *l8.iter().max().unwrap();
-        let e: Vec<u64> =
-            l8.iter().map(|&l| self.tables.exp_neg((max as i64 - l as i64).min(u32::MAX as i64) as u32)).collect();
+        // Both are i32, so the distance fits a u32.
+        let e: Vec<u64> = l8.iter().map(|&l| self.tables.exp_neg((i64::from(max) - i64::from(l)) as u32)).collect();
         let sum: u64 = e.iter().sum();
         let budget = u64::from(TOTAL) - VOCAB as u64;
         let divide = fixed::Divider::new(sum);
