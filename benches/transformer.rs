@@ -37,12 +37,12 @@ fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
     for _ in 0..spec.layers {
         shapes.extend([(3 * d, d), (d, d), (m, d), (d, m)]);
     }
-    let mats: Vec<(Vec<i16>, Vec<i16>, usize)> = shapes
+    let mats: Vec<(Vec<i16>, kernels::Packed)> = shapes
         .iter()
         .map(|&(rows, cols)| {
-            let w = (0..rows * cols).map(|i| (i * 7 % 255) as i16 - 127).collect();
+            let w: Vec<i8> = (0..rows * cols).map(|i| (i * 7 % 255) as i8).collect();
             let x = (0..batch * cols).map(|i| (i * 13 % 4095) as i16 - 2047).collect();
-            (x, w, cols)
+            (x, kernels::Packed::new(&w, rows, cols))
         })
         .collect();
     let macs_per_step: usize = shapes.iter().map(|(r, c)| batch * r * c).sum();
@@ -50,9 +50,8 @@ fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
     let steps = (2_000_000_000 / macs_per_step).max(1);
     let t = Instant::now();
     for _ in 0..steps {
-        for (x, w, cols) in &mats {
-            let n = batch * w.len() / cols;
-            kernels::matmul(std::hint::black_box(x), *cols, w, &mut out[..n]);
+        for (x, w) in &mats {
+            kernels::matmul_packed(std::hint::black_box(x), w, &mut out[..batch * w.rows()]);
         }
     }
     (steps * macs_per_step) as f64 / t.elapsed().as_secs_f64()

@@ -139,19 +139,35 @@ pub const QMAX: i32 = 2047;
 pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
     let m = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
     let shift = (32 - m.leading_zeros()) as i32 - 11;
-    for (qi, &xi) in q.iter_mut().zip(x) {
-        *qi = shift_round(i64::from(xi), shift).clamp(-QMAX, QMAX) as i16;
+    if shift > 0 {
+        // shift_round in i32 (so that it vectorizes): rounding half up, v / 2^s is
+        // (v >> s) + (v >> (s - 1) & 1). shift <= 21.
+        for (qi, &xi) in q.iter_mut().zip(x) {
+            *qi = ((xi >> shift) + (xi >> (shift - 1) & 1)).clamp(-QMAX, QMAX) as i16;
+        }
+    } else {
+        // |x| < 1024 here, so the left shift stays below 2048.
+        for (qi, &xi) in q.iter_mut().zip(x) {
+            *qi = (xi << -shift) as i16;
+        }
     }
     shift
 }
+
+// rms_norm's divisor is at least 2 (`Divider`).
+const _: () = assert!(crate::model::spec::NORM_EPS_LOG2 <= 22);
 
 /// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
 pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
     let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
     let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));
-    let rms_q12 = mean_q24.isqrt() as i64;
+    // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256.
+    let rms_q12 = Divider::new(mean_q24.isqrt() as u64);
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(gain_q12) {
-        *o = (i64::from(v) * i64::from(g) / rms_q12).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        // Division rounding toward zero, as `/` on i64 does.
+        let n = i64::from(v) * i64::from(g);
+        let q = rms_q12.floor(n.unsigned_abs()) as i64;
+        *o = (if n < 0 { -q } else { q }).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
     }
 }
 

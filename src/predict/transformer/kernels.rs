@@ -1,8 +1,13 @@
-//! The integer inner loops. Each has one portable definition; on x86-64 with AVX2 a second
-//! version (intrinsics for the matrix product and attention, the portable code recompiled
-//! with AVX2 for the dot product), and for the matrix product AVX-512 VNNI or else AVX-VNNI
-//! (both `vpdpwssd`), is chosen at run time. Integer sums do not depend on their order, so
-//! every version gives the same integers (a test checks it).
+//! The integer inner loops. Each has one portable definition; on x86-64 a version with
+//! AVX2 intrinsics and, for the matrix product and attention, one with AVX-512 VNNI (and for
+//! the matrix product AVX-VNNI), all `vpdpwssd` where the CPU has it, chosen at run time.
+//! Integer sums do not depend on their order, so every version gives the same integers (tests
+//! check each one against the portable code).
+//!
+//! The operands are laid out so that the multiply-adds accumulate in lanes, one output each,
+//! instead of in dot products that each end in a horizontal sum: the matrix product's
+//! weights in blocks of 16 rows with columns in pairs (`Packed`), the attention cache's keys
+//! by pairs of dims and its values by pairs of slots (`scores`, `weighted_sum`).
 //!
 //! Bounds: activations |a| <= 2047, weights -128..=127, rows of at most 8192 and heads of at
 //! most 512 (`model::spec`'s limits, enforced when weights load): no i32 sum overflows.
@@ -28,24 +33,117 @@ fn matmul_generic(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     }
 }
 
-/// `out[i] = dot(q, keys[i])` for the keys laid end to end in `keys`: attention scores.
-#[inline(always)]
-fn scores_generic(q: &[i16], keys: &[i16], out: &mut [i32]) {
-    for (o, k) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
-        *o = dot_generic(q, k);
+/// Int8 weights laid out for the matrix product: rows in blocks of 16 (the last padded with
+/// zero rows), within a block the columns in pairs, `[blocks, cols / 2, 16, 2]`. One vector
+/// load holds a pair of columns of 16 rows (8 for AVX2), so the product multiplies it by a
+/// broadcast pair of one input row and accumulates 16 outputs in lanes: no horizontal sums,
+/// and half the bytes of i16 weights to stream.
+pub struct Packed {
+    rows: usize,
+    cols: usize,
+    w: Vec<i8>,
+}
+
+impl Packed {
+    /// `w` holds `rows` rows of `cols` (an even count: the model's widths are multiples of 16).
+    pub fn new(w: &[i8], rows: usize, cols: usize) -> Packed {
+        let fits = cols > 0 && cols.is_multiple_of(2) && w.len() == rows * cols;
+        assert!(fits, "packed matrix: {} weights are not {rows} rows of {cols} (even, nonzero) columns", w.len());
+        let mut packed = vec![0i8; rows.div_ceil(16) * 16 * cols];
+        for (j, row) in w.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                packed[Packed::index(cols, j, c)] = v;
+            }
+        }
+        Packed { rows, cols, w: packed }
+    }
+
+    fn index(cols: usize, row: usize, col: usize) -> usize {
+        (row / 16 * (cols / 2) + col / 2) * 32 + row % 16 * 2 + col % 2
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the product streams through.
+    pub fn bytes(&self) -> usize {
+        self.w.len()
     }
 }
 
-/// `acc += sum_i probs[i] * values[i]` for the values laid end to end in `values`.
+/// `out[r * rows + j] = dot(x[r], row j of m)` for every row r of `x`.
 #[inline(always)]
-fn weighted_sum_generic(probs: &[i32], values: &[i16], acc: &mut [i32]) {
-    for (&p, v) in probs.iter().zip(values.chunks_exact(acc.len())) {
-        if p != 0 {
-            for (a, &v) in acc.iter_mut().zip(v) {
-                *a = a.wrapping_add(p.wrapping_mul(i32::from(v)));
-            }
+fn matmul_packed_generic(x: &[i16], m: &Packed, out: &mut [i32]) {
+    for (xr, o) in x.chunks_exact(m.cols).zip(out.chunks_exact_mut(m.rows)) {
+        for (j, o) in o.iter_mut().enumerate() {
+            *o = xr.iter().enumerate().fold(0i32, |sum, (c, &v)| {
+                sum.wrapping_add(i32::from(v) * i32::from(m.w[Packed::index(m.cols, j, c)]))
+            });
         }
     }
+}
+
+/// `out[s] = q . key(start + s)`: attention scores of one head over slots `start..`, its keys
+/// laid out `[dims / 2, window, 2]` (dims padded to an even count, `q` likewise): dims 2i and
+/// 2i + 1 of consecutive slots side by side, so one vector load holds one pair of dims of 8 or
+/// 16 slots and the scores accumulate in lanes, one slot each, with no horizontal sums.
+#[inline(always)]
+fn scores_generic(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+    let window = keys.len() / q.len();
+    for (s, o) in out.iter_mut().enumerate() {
+        *o = q.chunks_exact(2).enumerate().fold(0i32, |sum, (i, qp)| {
+            let k = &keys[(i * window + start + s) * 2..][..2];
+            sum.wrapping_add(i32::from(qp[0]) * i32::from(k[0])).wrapping_add(i32::from(qp[1]) * i32::from(k[1]))
+        });
+    }
+}
+
+/// `acc[d] += sum_s probs[s] * value(start + s)[d]`: one head's weighted values over slots
+/// `start..` (`start` even), its values laid out `[window / 2, head_dim, 2]`: slots 2j and
+/// 2j + 1 side by side for each dim, so one vector multiply-add takes two slots at once.
+#[inline(always)]
+fn weighted_sum_generic(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+    let hd = acc.len();
+    for (s, &p) in probs.iter().enumerate() {
+        let slot = start + s;
+        let row = &values[slot / 2 * 2 * hd..][..2 * hd];
+        for (a, &v) in acc.iter_mut().zip(row.iter().skip(slot % 2).step_by(2)) {
+            *a = a.wrapping_add(p.wrapping_mul(i32::from(v)));
+        }
+    }
+}
+
+/// Writes one slot's key (dims padded to an even count) into a head's keys (see `scores`).
+pub fn put_key(keys: &mut [i16], slot: usize, key: &[i16]) {
+    let window = keys.len() / key.len();
+    for (i, pair) in key.chunks_exact(2).enumerate() {
+        keys[(i * window + slot) * 2..][..2].copy_from_slice(pair);
+    }
+}
+
+/// Writes one slot's value into a head's values (see `weighted_sum`).
+pub fn put_value(values: &mut [i16], slot: usize, value: &[i16]) {
+    let row = &mut values[slot / 2 * 2 * value.len()..][..2 * value.len()];
+    for (r, &v) in row.iter_mut().skip(slot % 2).step_by(2).zip(value) {
+        *r = v;
+    }
+}
+
+/// A probability split for `vpmaddwd` / `vpdpwssd`, which multiply i16 by i16:
+/// `p = hi * 2^15 + lo` with `lo` in 0..2^15 (exact for |p| < 2^30, so `hi` fits i16). Sums of `lo * v` may
+/// wrap, but `hi_sum * 2^15 + lo_sum` equals the sum of `p * v` modulo 2^32, as the
+/// portable code's wrapping sums do. Two slots' halves pack into one i32 (pairs of i16).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn split_pair(p0: i32, p1: i32) -> (i32, i32) {
+    let lo = (p0 & 0x7fff) | (p1 & 0x7fff) << 16;
+    let hi = (p0 >> 15 & 0xffff) | (p1 >> 15) << 16;
+    (lo, hi)
 }
 
 /// One attention head's logits and their exponentials: `scores[i]` becomes the logit
@@ -98,7 +196,7 @@ fn matmul_leftovers(x: &[i16], cols: usize, w: &[i16], out: &mut [i32], xb: usiz
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::super::fixed::LOG2_E_Q24;
-    use super::Tables;
+    use super::{Packed, Tables};
     use std::arch::x86_64::*;
 
     /// `softmax_weights` with every shift `shift - key_shift[i]` in 1..=31: then the rounded
@@ -187,77 +285,78 @@ mod avx2 {
         super::dot_generic(a, b)
     }
 
-    /// Scores of 8 keys at a time: their multiply-add sums reduced together by `vphaddd`
-    /// instead of one horizontal sum per key. The caller checked `keys.len() == out.len() *
-    /// q.len()`; `q.len()` must be a multiple of 16.
+    /// Scores of 8 slots per vector, 32 slots per pass: for each pair of dims, `vpmaddwd` of
+    /// the query's pair (broadcast) with that pair of 8 slots' keys. The caller checked the
+    /// layout (`scores`); the last slots past the groups of 8 go to the portable code.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
-        let n = q.len();
-        if !n.is_multiple_of(16) {
-            return super::scores_generic(q, keys, out);
+    pub unsafe fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+        let n = out.len();
+        let mut g = 0;
+        while g + 32 <= n {
+            score_groups::<4>(q, keys, start + g, &mut out[g..]);
+            g += 32;
         }
-        let full = out.len() / 8 * 8;
-        for (g, o) in out[..full].chunks_exact_mut(8).enumerate() {
-            let mut acc = [_mm256_setzero_si256(); 8];
-            for c in (0..n).step_by(16) {
-                let qv = _mm256_loadu_si256(q.as_ptr().add(c) as *const __m256i);
-                for (k, a) in acc.iter_mut().enumerate() {
-                    // In bounds: key 8g + k < out.len(), and keys holds out.len() keys.
-                    let kv = _mm256_loadu_si256(keys.as_ptr().add((8 * g + k) * n + c) as *const __m256i);
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(qv, kv));
-                }
-            }
-            let h01 = _mm256_hadd_epi32(acc[0], acc[1]);
-            let h23 = _mm256_hadd_epi32(acc[2], acc[3]);
-            let h45 = _mm256_hadd_epi32(acc[4], acc[5]);
-            let h67 = _mm256_hadd_epi32(acc[6], acc[7]);
-            let h0123 = _mm256_hadd_epi32(h01, h23);
-            let h4567 = _mm256_hadd_epi32(h45, h67);
-            // Each 128-bit half holds partial sums of keys 0-3 (then 4-7): add the halves.
-            let lo = _mm256_permute2x128_si256(h0123, h4567, 0x20);
-            let hi = _mm256_permute2x128_si256(h0123, h4567, 0x31);
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, _mm256_add_epi32(lo, hi));
+        while g + 8 <= n {
+            score_groups::<1>(q, keys, start + g, &mut out[g..]);
+            g += 8;
         }
-        super::scores_generic(q, &keys[full * n..], &mut out[full..])
+        super::scores_generic(q, keys, start + g, &mut out[g..]);
     }
 
-    /// The weighted values with the accumulator in registers, 32 (or 16) of its lanes at a
-    /// time: each slot's values widened to i32 (`vpmovsxwd`) and multiplied by its probability
-    /// (`vpmulld`, the low 32 bits of the product, as `wrapping_mul`). The caller checked
-    /// `values.len() == probs.len() * acc.len()`; `acc.len()` must be a multiple of 16.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
-        let n = acc.len();
-        if !n.is_multiple_of(16) {
-            return super::weighted_sum_generic(probs, values, acc);
-        }
-        let wide = n / 32 * 32;
-        for c in (0..wide).step_by(32) {
-            weighted_lanes::<4>(probs, values, acc, c);
-        }
-        if wide < n {
-            weighted_lanes::<2>(probs, values, acc, wide);
-        }
-    }
-
-    /// Lanes `c..c + 8 * R` of `weighted_sum`.
+    /// Scores of slots `slot..slot + 8 * G` into `out[..8 * G]`.
     #[inline(always)]
-    unsafe fn weighted_lanes<const R: usize>(probs: &[i32], values: &[i16], acc: &mut [i32], c: usize) {
-        let n = acc.len();
-        let mut a: [__m256i; R] = std::array::from_fn(|k| _mm256_loadu_si256(acc.as_ptr().add(c + 8 * k) as *const _));
-        for (i, &p) in probs.iter().enumerate() {
-            if p != 0 {
-                let pv = _mm256_set1_epi32(p);
-                // In bounds: slot i < probs.len(), and values holds probs.len() rows of n.
-                let row = values.as_ptr().add(i * n + c);
-                for (k, a) in a.iter_mut().enumerate() {
-                    let v = _mm256_cvtepi16_epi32(_mm_loadu_si128(row.add(8 * k) as *const __m128i));
-                    *a = _mm256_add_epi32(*a, _mm256_mullo_epi32(pv, v));
-                }
+    unsafe fn score_groups<const G: usize>(q: &[i16], keys: &[i16], slot: usize, out: &mut [i32]) {
+        let window = keys.len() / q.len();
+        let mut acc = [_mm256_setzero_si256(); G];
+        for i in 0..q.len() / 2 {
+            let qv = _mm256_set1_epi32((q.as_ptr().add(2 * i) as *const i32).read_unaligned());
+            // In bounds: slot + 8G <= window, checked by the caller.
+            let row = keys.as_ptr().add((i * window + slot) * 2);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let kv = _mm256_loadu_si256(row.add(16 * k) as *const __m256i);
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(qv, kv));
             }
         }
-        for (k, a) in a.iter().enumerate() {
-            _mm256_storeu_si256(acc.as_mut_ptr().add(c + 8 * k) as *mut __m256i, *a);
+        for (k, a) in acc.iter().enumerate() {
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * k) as *mut __m256i, *a);
+        }
+    }
+
+    /// The weighted values two slots at a time: `vpmaddwd` of a vector of 8 dims x 2 slots
+    /// with the two slots' probabilities, split into 15-bit halves (`split_pair`), 32 dims (or
+    /// 16) per pass. The caller checked the layout, `acc.len()` a multiple of 16, and every
+    /// |probability| below 2^30.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+        let wide = acc.len() / 32 * 32;
+        for c in (0..wide).step_by(32) {
+            weighted_lanes::<4>(probs, values, start, acc, c);
+        }
+        if wide < acc.len() {
+            weighted_lanes::<2>(probs, values, start, acc, wide);
+        }
+    }
+
+    /// Dims `c..c + 8 * R` of `weighted_sum`.
+    #[inline(always)]
+    unsafe fn weighted_lanes<const R: usize>(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32], c: usize) {
+        let hd = acc.len();
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+        for (j, p) in probs.chunks(2).enumerate() {
+            let (l, h) = super::split_pair(p[0], p.get(1).copied().unwrap_or(0));
+            let (lv, hv) = (_mm256_set1_epi32(l), _mm256_set1_epi32(h));
+            // In bounds: slot pair (start / 2 + j) is below window / 2, checked by the caller.
+            let row = values.as_ptr().add(((start / 2 + j) * hd + c) * 2);
+            for k in 0..R {
+                let v = _mm256_loadu_si256(row.add(16 * k) as *const __m256i);
+                lo[k] = _mm256_add_epi32(lo[k], _mm256_madd_epi16(v, lv));
+                hi[k] = _mm256_add_epi32(hi[k], _mm256_madd_epi16(v, hv));
+            }
+        }
+        for k in 0..R {
+            let a = acc.as_mut_ptr().add(c + 8 * k) as *mut __m256i;
+            let sum = _mm256_add_epi32(_mm256_slli_epi32(hi[k], 15), lo[k]);
+            _mm256_storeu_si256(a, _mm256_add_epi32(_mm256_loadu_si256(a), sum));
         }
     }
 
@@ -336,6 +435,68 @@ mod avx2 {
         super::matmul_leftovers(x, cols, w, out, xb, (wb, wb4));
     }
 
+    /// `matmul_packed` (see `Packed`): per block of 16 outputs, input rows 4 at a time, the
+    /// block's two 8-row halves widened from int8 (`vpmovsxbw`) for each pair of columns and
+    /// multiplied by each row's broadcast pair. Blocks outside, rows inside, so a block's
+    /// weights stay in L1 while every row of the batch uses them.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
+        packed_with::<false>(x, m, out)
+    }
+
+    /// `matmul_packed` with AVX-VNNI's 256-bit `vpdpwssd`.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn matmul_packed_vnni(x: &[i16], m: &Packed, out: &mut [i32]) {
+        packed_with::<true>(x, m, out)
+    }
+
+    #[inline(always)]
+    unsafe fn packed_with<const VNNI: bool>(x: &[i16], m: &Packed, out: &mut [i32]) {
+        let xr = x.len() / m.cols;
+        for b in 0..m.rows.div_ceil(16) {
+            let mut r = 0;
+            while r + 4 <= xr {
+                packed_tile::<VNNI, 4>(x, m, out, r, b);
+                r += 4;
+            }
+            while r < xr {
+                packed_tile::<VNNI, 1>(x, m, out, r, b);
+                r += 1;
+            }
+        }
+    }
+
+    /// Input rows `r0..r0 + R` by output block `b`.
+    #[inline(always)]
+    unsafe fn packed_tile<const VNNI: bool, const R: usize>(
+        x: &[i16],
+        m: &Packed,
+        out: &mut [i32],
+        r0: usize,
+        b: usize,
+    ) {
+        let (cols, rows, half) = (m.cols, m.rows, m.cols / 2);
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        // In bounds: block b < blocks, and x holds whole rows of an even count of columns.
+        let w = m.w.as_ptr().add(b * half * 32);
+        for p in 0..half {
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(p * 32) as *const __m128i));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(p * 32 + 16) as *const __m128i));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_set1_epi32((x.as_ptr().add((r0 + i) * cols + 2 * p) as *const i32).read_unaligned());
+                a[0] = madd_add::<VNNI>(a[0], xv, w0);
+                a[1] = madd_add::<VNNI>(a[1], xv, w1);
+            }
+        }
+        let (j0, mut lanes) = (b * 16, [0i32; 16]);
+        let n = (rows - j0).min(16);
+        for (i, a) in acc.iter().enumerate() {
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a[0]);
+            _mm256_storeu_si256(lanes.as_mut_ptr().add(8) as *mut __m256i, a[1]);
+            out[(r0 + i) * rows + j0..][..n].copy_from_slice(&lanes[..n]);
+        }
+    }
+
     /// Multiply-adds per second with no memory traffic: 8 independent `vpmaddwd` chains.
     #[target_feature(enable = "avx2")]
     pub unsafe fn peak(iters: usize) -> i32 {
@@ -355,6 +516,7 @@ mod avx2 {
 /// followed by `vpaddd` at twice the width.
 #[cfg(target_arch = "x86_64")]
 mod vnni {
+    use super::Packed;
     use std::arch::x86_64::*;
 
     /// Register-blocked like the AVX2 version: 4 rows of `x` by 2 rows of `w` per pass, the
@@ -397,6 +559,170 @@ mod vnni {
             }
         }
         super::matmul_leftovers(x, cols, w, out, xb, (wb, wb4));
+    }
+
+    /// `matmul_packed` (see `Packed`): tiles of 4 input rows by 4 blocks of 16 outputs, 16
+    /// sums in registers; per pair of columns, 4 weight vectors widened from int8
+    /// (`vpmovsxbw`) and 4 broadcast input pairs make 16 `vpdpwssd`. Blocks outside, rows
+    /// inside, so a tile's weights stay in L1 while every row of the batch uses them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
+        let (xr, blocks) = (x.len() / m.cols, m.rows.div_ceil(16));
+        let mut b = 0;
+        while b < blocks {
+            let wide = blocks - b >= 4;
+            let mut r = 0;
+            while r < xr {
+                let tall = xr - r >= 4;
+                match (tall, wide) {
+                    (true, true) => packed_tile::<4, 4>(x, m, out, r, b),
+                    (true, false) => packed_tile::<4, 1>(x, m, out, r, b),
+                    (false, true) => packed_tile::<1, 4>(x, m, out, r, b),
+                    (false, false) => packed_tile::<1, 1>(x, m, out, r, b),
+                }
+                r += if tall { 4 } else { 1 };
+            }
+            b += if wide { 4 } else { 1 };
+        }
+    }
+
+    /// Input rows `r0..r0 + R` by output blocks `b0..b0 + J`; the last block's lanes past
+    /// the matrix's rows are not stored.
+    #[inline(always)]
+    unsafe fn packed_tile<const R: usize, const J: usize>(
+        x: &[i16],
+        m: &Packed,
+        out: &mut [i32],
+        r0: usize,
+        b0: usize,
+    ) {
+        let (cols, rows, half) = (m.cols, m.rows, m.cols / 2);
+        let mut acc = [[_mm512_setzero_si512(); J]; R];
+        let mut wv = [_mm512_setzero_si512(); J];
+        // In bounds: blocks b0 + J <= blocks, and x holds whole rows of an even count of columns.
+        let w = m.w.as_ptr().add(b0 * half * 32);
+        for p in 0..half {
+            for (k, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(w.add((k * half + p) * 32) as *const __m256i));
+            }
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_epi32((x.as_ptr().add((r0 + i) * cols + 2 * p) as *const i32).read_unaligned());
+                for (a, v) in a.iter_mut().zip(&wv) {
+                    *a = _mm512_dpwssd_epi32(*a, xv, *v);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (k, a) in a.iter().enumerate() {
+                let j0 = (b0 + k) * 16;
+                let mask = if rows - j0 >= 16 { 0xffff } else { (1u16 << (rows - j0)) - 1 };
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add((r0 + i) * rows + j0), mask, *a);
+            }
+        }
+    }
+
+    /// `scores` with 16 slots per vector and `vpdpwssd`, 64 slots per pass; the last slots
+    /// past the groups of 16 in one masked pass.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+        let n = out.len();
+        let mut g = 0;
+        while g + 64 <= n {
+            score_groups::<4>(q, keys, start + g, &mut out[g..], 0xffff);
+            g += 64;
+        }
+        while g < n {
+            let mask = if n - g >= 16 { 0xffff } else { (1u16 << (n - g)) - 1 };
+            score_groups::<1>(q, keys, start + g, &mut out[g..], mask);
+            g += 16;
+        }
+    }
+
+    /// Scores of slots `slot..slot + 16 * G` into `out[..16 * G]`, the last vector's lanes
+    /// limited to `mask` (masked loads and stores touch no other memory).
+    #[inline(always)]
+    unsafe fn score_groups<const G: usize>(q: &[i16], keys: &[i16], slot: usize, out: &mut [i32], mask: u16) {
+        let window = keys.len() / q.len();
+        let mut acc = [_mm512_setzero_si512(); G];
+        for i in 0..q.len() / 2 {
+            let qv = _mm512_set1_epi32((q.as_ptr().add(2 * i) as *const i32).read_unaligned());
+            // In bounds: the masked slots are below slot + out.len() <= window, checked by the caller.
+            let row = keys.as_ptr().add((i * window + slot) * 2);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let m = if k + 1 == G { mask } else { 0xffff };
+                *a = _mm512_dpwssd_epi32(*a, qv, _mm512_maskz_loadu_epi32(m, row.add(32 * k) as *const i32));
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            let m = if k + 1 == G { mask } else { 0xffff };
+            _mm512_mask_storeu_epi32(out.as_mut_ptr().add(16 * k), m, *a);
+        }
+    }
+
+    /// `weighted_sum` with `vpdpwssd` on vectors of 16 dims x 2 slots, two pairs of slots per
+    /// step into separate sums (twice the independent chains), 32 dims (or 16) per pass.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+        let wide = acc.len() / 32 * 32;
+        for c in (0..wide).step_by(32) {
+            weighted_lanes::<2>(probs, values, start, acc, c);
+        }
+        if wide < acc.len() {
+            weighted_lanes::<1>(probs, values, start, acc, wide);
+        }
+    }
+
+    const DIST: usize = 8;
+
+    /// Dims `c..c + 16 * R` of `weighted_sum`: even and odd pairs of slots into separate
+    /// sums (each a separate set of registers), added at the end.
+    #[inline(always)]
+    unsafe fn weighted_lanes<const R: usize>(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32], c: usize) {
+        let hd = acc.len();
+        let zero = [_mm512_setzero_si512(); R];
+        let (mut lo0, mut hi0, mut lo1, mut hi1) = (zero, zero, zero, zero);
+        // In bounds: slot pair (start / 2 + j) is below window / 2, checked by the caller.
+        let row = |j: usize| values.as_ptr().add(((start / 2 + j) * hd + c) * 2);
+        // Fetch the pairs of slots DIST ahead into L1 (the address may lie past the values: a
+        // prefetch never faults).
+        let ahead = DIST * hd * 2;
+        let mut quads = probs.chunks_exact(4);
+        let mut j = 0;
+        for p in &mut quads {
+            weigh_pair(&mut lo0, &mut hi0, row(j), ahead, p[0], p[1]);
+            weigh_pair(&mut lo1, &mut hi1, row(j + 1), ahead, p[2], p[3]);
+            j += 2;
+        }
+        for p in quads.remainder().chunks(2) {
+            weigh_pair(&mut lo0, &mut hi0, row(j), ahead, p[0], p.get(1).copied().unwrap_or(0));
+            j += 1;
+        }
+        for k in 0..R {
+            let a = acc.as_mut_ptr().add(c + 16 * k);
+            let (lo, hi) = (_mm512_add_epi32(lo0[k], lo1[k]), _mm512_add_epi32(hi0[k], hi1[k]));
+            let sum = _mm512_add_epi32(_mm512_slli_epi32(hi, 15), lo);
+            _mm512_storeu_si512(a as *mut _, _mm512_add_epi32(_mm512_loadu_si512(a as *const _), sum));
+        }
+    }
+
+    /// One pair of slots (probabilities `p0`, `p1`, values at `row`) into the sums.
+    #[inline(always)]
+    unsafe fn weigh_pair<const R: usize>(
+        lo: &mut [__m512i; R],
+        hi: &mut [__m512i; R],
+        row: *const i16,
+        ahead: usize,
+        p0: i32,
+        p1: i32,
+    ) {
+        let (l, h) = super::split_pair(p0, p1);
+        let (lv, hv) = (_mm512_set1_epi32(l), _mm512_set1_epi32(h));
+        for k in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(ahead + 32 * k) as *const i8);
+            let v = _mm512_loadu_si512(row.add(32 * k) as *const _);
+            lo[k] = _mm512_dpwssd_epi32(lo[k], v, lv);
+            hi[k] = _mm512_dpwssd_epi32(hi[k], v, hv);
+        }
     }
 
     /// Multiply-adds per second with no memory traffic: 8 independent `vpdpwssd` chains.
@@ -467,11 +793,59 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     dispatch!(matmul(x, cols, w, out), matmul_generic)
 }
 
-/// Panics unless `keys` holds exactly `out.len()` keys of `q.len()`: checked once per call,
-/// because the AVX2 version reads through raw pointers.
-pub fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
-    assert!(out.len().checked_mul(q.len()) == Some(keys.len()), "attention scores: the keys are not one per score");
-    dispatch!(scores(q, keys, out), scores_generic)
+/// `x` holds rows of `m.cols()`; `out` gets `[x rows, m.rows()]`. Panics otherwise: checked
+/// once per call, because the SIMD versions read through raw pointers.
+pub fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
+    let fits = x.len().is_multiple_of(m.cols) && out.len() == x.len() / m.cols * m.rows;
+    assert!(fits, "matrix product: the input rows or the output do not fit the matrix");
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: AVX-512 VNNI and BW are present; the shapes are checked above.
+        return unsafe { vnni::matmul_packed(x, m, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx_vnni() {
+        // SAFETY: AVX2 and AVX-VNNI are present; the shapes are checked above.
+        return unsafe { avx2::matmul_packed_vnni(x, m, out) };
+    }
+    dispatch!(matmul_packed(x, m, out), matmul_packed_generic)
+}
+
+/// See `scores_generic`. Panics unless `q` has an even, nonzero length, `keys` whole slots of
+/// it, and slots `start..start + out.len()` lie in the window: checked once per call, because
+/// the SIMD versions read through raw pointers.
+pub fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+    let fits = q.len().is_multiple_of(2) && !q.is_empty() && keys.len().is_multiple_of(q.len());
+    let fits = fits && start.checked_add(out.len()).is_some_and(|end| end <= keys.len() / q.len());
+    assert!(fits, "attention scores: the slots are not in the keys' window");
+    #[cfg(target_arch = "x86_64")]
+    if has_vnni() {
+        // SAFETY: AVX-512 VNNI and BW are present; the layout is checked above.
+        return unsafe { vnni::scores(q, keys, start, out) };
+    }
+    dispatch!(scores(q, keys, start, out), scores_generic)
+}
+
+/// See `weighted_sum_generic`. Panics unless `values` holds whole pairs of slots of
+/// `acc.len()` dims, `start` is even and slots `start..start + probs.len()` lie in the window.
+pub fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+    let hd = acc.len();
+    let fits = hd > 0 && values.len().is_multiple_of(2 * hd) && start.is_multiple_of(2);
+    let fits = fits && start.checked_add(probs.len()).is_some_and(|end| end <= values.len() / hd);
+    assert!(fits, "attention values: the slots are not in the values' window");
+    // The SIMD versions split each probability into two i16 (`split_pair`).
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(16) && probs.iter().all(|&p| p.unsigned_abs() < 1 << 30) {
+        if has_vnni() {
+            // SAFETY: AVX-512 VNNI and BW are present; the layout is checked above.
+            return unsafe { vnni::weighted_sum(probs, values, start, acc) };
+        }
+        if has_avx2() {
+            // SAFETY: AVX2 is present; the layout is checked above.
+            return unsafe { avx2::weighted_sum(probs, values, start, acc) };
+        }
+    }
+    weighted_sum_generic(probs, values, start, acc)
 }
 
 /// See `softmax_weights_generic`. Panics unless the slices have one length.
@@ -510,15 +884,6 @@ pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, 
     probabilities_generic(weights, value_shift, vmax, inv, probs)
 }
 
-/// Panics unless `values` holds exactly `probs.len()` values of `acc.len()`.
-pub fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
-    assert!(
-        probs.len().checked_mul(acc.len()) == Some(values.len()),
-        "attention values: the values are not one per probability"
-    );
-    dispatch!(weighted_sum(probs, values, acc), weighted_sum_generic)
-}
-
 /// This core's peak rate of i16 multiply-accumulates per second with the instruction the
 /// matrix product uses (AVX-512 VNNI `vpdpwssd`, else AVX2 `vpmaddwd`; no memory traffic), or
 /// of the portable dot product where neither is present.
@@ -552,11 +917,14 @@ pub mod portable {
     pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         super::matmul_generic(x, cols, w, out)
     }
-    pub fn scores(q: &[i16], keys: &[i16], out: &mut [i32]) {
-        super::scores_generic(q, keys, out)
+    pub fn matmul_packed(x: &[i16], m: &super::Packed, out: &mut [i32]) {
+        super::matmul_packed_generic(x, m, out)
     }
-    pub fn weighted_sum(probs: &[i32], values: &[i16], acc: &mut [i32]) {
-        super::weighted_sum_generic(probs, values, acc)
+    pub fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+        super::scores_generic(q, keys, start, out)
+    }
+    pub fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+        super::weighted_sum_generic(probs, values, start, acc)
     }
     pub fn softmax_weights(
         scores: &mut [i32],
@@ -615,20 +983,113 @@ mod tests {
             }
             assert_eq!(dot(&x[..cols], &w[..cols]), portable::dot(&x[..cols], &w[..cols]));
         }
-        // 43 keys (a tail after the groups of 8), heads of 16, 32 and 48 (the vector cases,
-        // 48 with a 16-lane tail) and 40 (not).
-        for hd in [16, 32, 40, 48] {
-            let (q, keys) = (vals(hd, 3, 2047), vals(hd * 43, 5, 2047));
-            let (mut s1, mut s2) = (vec![0; 43], vec![0; 43]);
-            scores(&q, &keys, &mut s1);
-            portable::scores(&q, &keys, &mut s2);
-            assert_eq!(s1, s2, "head_dim {hd}");
-            let probs: Vec<i32> = (0..43).map(|i| i * 99_991 % (1 << 19)).collect();
-            let (mut a1, mut a2) = (vec![3; hd], vec![3; hd]);
-            weighted_sum(&probs, &keys, &mut a1);
-            portable::weighted_sum(&probs, &keys, &mut a2);
-            assert_eq!(a1, a2, "head_dim {hd}");
+    }
+
+    /// The packed product against the row-major one (which ties the layout to its meaning),
+    /// and every vector version against the portable one: batches past the tiles of 4 rows,
+    /// matrices past the groups of 4 blocks and with a last block of fewer than 16 rows,
+    /// columns not a multiple of 16.
+    #[test]
+    fn packed_products_give_the_same_integers() {
+        let shapes = [(1, 1, 2), (1, 16, 32), (4, 64, 256), (5, 1024, 16), (9, 80, 64), (3, 35, 40), (8, 7, 1024)];
+        for &(rows_x, rows_w, cols) in &shapes {
+            let (x, w) = (vals(rows_x * cols, 7, 2047), vals(rows_w * cols, 9, 127));
+            let m = Packed::new(&w.iter().map(|&v| v as i8).collect::<Vec<_>>(), rows_w, cols);
+            let mut want = vec![0; rows_x * rows_w];
+            portable::matmul(&x, cols, &w, &mut want);
+            let mut got = vec![0; rows_x * rows_w];
+            portable::matmul_packed(&x, &m, &mut got);
+            assert_eq!(got, want, "portable: {rows_x} x {rows_w} x {cols}");
+            type Product = unsafe fn(&[i16], &Packed, &mut [i32]);
+            let mut versions: Vec<(&str, Product)> = vec![];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if has_avx2() {
+                    versions.push(("AVX2", avx2::matmul_packed));
+                }
+                if has_avx_vnni() {
+                    versions.push(("AVX-VNNI", avx2::matmul_packed_vnni));
+                }
+                if has_vnni() {
+                    versions.push(("AVX-512 VNNI", vnni::matmul_packed));
+                }
+            }
+            for (name, f) in versions {
+                got.fill(-1);
+                // SAFETY: the CPU has the instructions (checked above); the shapes fit.
+                unsafe { f(&x, &m, &mut got) };
+                assert_eq!(got, want, "{name}: {rows_x} x {rows_w} x {cols}");
+            }
+            got.fill(-1);
+            matmul_packed(&x, &m, &mut got);
+            assert_eq!(got, want, "dispatched: {rows_x} x {rows_w} x {cols}");
         }
+    }
+
+    /// Scores and weighted values through the cache layouts, against sums over the plain
+    /// vectors and every vector version against the portable one: runs of every length from
+    /// 1 to 70 slots (tails after the groups of 8, 16, 32 and 64; odd lengths, whose last pair
+    /// of slots is half used) at even starts, heads of 16, 32 and 48 (the vector cases), 40
+    /// and 15 (odd: keys padded to 16 dims), probabilities up to 2^19 and some negative.
+    #[test]
+    fn attention_kernels_give_the_plain_sums() {
+        let window = 128;
+        for hd in [16, 32, 48, 40, 15] {
+            let hk = hd + hd % 2;
+            let (plain_keys, plain_values) = (vals(window * hd, 5, 2047), vals(window * hd, 11, 2047));
+            let (mut keys, mut values) = (vec![0; window * hk], vec![0; window * hd]);
+            for slot in 0..window {
+                let mut key = plain_keys[slot * hd..][..hd].to_vec();
+                key.resize(hk, 0);
+                put_key(&mut keys, slot, &key);
+                put_value(&mut values, slot, &plain_values[slot * hd..][..hd]);
+            }
+            let mut q = vals(hd, 3, 2047);
+            q.resize(hk, 0);
+            for (start, len) in (1..=70).map(|len| (2 * (len % 3), len)) {
+                let want: Vec<i32> =
+                    (start..start + len).map(|s| dot_generic(&q[..hd], &plain_keys[s * hd..][..hd])).collect();
+                let mut got = vec![0; len];
+                scores(&q, &keys, start, &mut got);
+                assert_eq!(got, want, "scores: head_dim {hd}, slots {start} + {len}");
+                portable::scores(&q, &keys, start, &mut got);
+                assert_eq!(got, want, "portable scores: head_dim {hd}, slots {start} + {len}");
+                let probs: Vec<i32> =
+                    (0..len as i32).map(|i| i * 99_991 % (1 << 19) - if i % 7 == 3 { 1 << 18 } else { 0 }).collect();
+                let mut want = vec![3i32; hd];
+                for (s, &p) in (start..).zip(&probs) {
+                    for (a, &v) in want.iter_mut().zip(&plain_values[s * hd..][..hd]) {
+                        *a = a.wrapping_add(p.wrapping_mul(i32::from(v)));
+                    }
+                }
+                let mut got = vec![3; hd];
+                weighted_sum(&probs, &values, start, &mut got);
+                assert_eq!(got, want, "weighted sum: head_dim {hd}, slots {start} + {len}");
+                got.fill(3);
+                portable::weighted_sum(&probs, &values, start, &mut got);
+                assert_eq!(got, want, "portable weighted sum: head_dim {hd}, slots {start} + {len}");
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    // Where the dispatch took AVX-512 VNNI, AVX2 must agree too.
+                    let mut got = vec![0; len];
+                    // SAFETY: AVX2 is present; the slots are in the window.
+                    unsafe { avx2::scores(&q, &keys, start, &mut got) };
+                    assert_eq!(got, want_scores(&q, &keys, start, len), "AVX2 scores: head_dim {hd}");
+                    if hd % 16 == 0 {
+                        let mut got = vec![3; hd];
+                        // SAFETY: as above; head_dim is a multiple of 16, |p| < 2^30.
+                        unsafe { avx2::weighted_sum(&probs, &values, start, &mut got) };
+                        assert_eq!(got, want, "AVX2 weighted sum: head_dim {hd}, slots {start} + {len}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn want_scores(q: &[i16], keys: &[i16], start: usize, len: usize) -> Vec<i32> {
+        let mut out = vec![0; len];
+        portable::scores(q, keys, start, &mut out);
+        out
     }
 
     /// The attention softmax's vector versions against the portable ones, on windows whose
@@ -673,22 +1134,29 @@ mod tests {
         }
     }
 
-    /// Keys that do not match the scores one to one are a panic, never a read outside `keys`:
-    /// release builds run the AVX2 loads unchecked. Eight scores reach the SIMD loop.
+    /// Slots outside the window, or layouts that do not fit, are a panic, never a read outside
+    /// the cache: release builds run the SIMD loads unchecked.
     #[test]
-    fn attention_kernels_check_their_lengths_in_release_builds() {
-        let q = vals(16, 3, 2047);
-        for len in [16 * 8 - 1, 16 * 7, 16 * 9] {
-            let keys = vals(len, 5, 2047);
-            let caught = std::panic::catch_unwind(|| scores(&q, &keys, &mut [0; 8]));
-            let msg = *caught.unwrap_err().downcast::<&str>().unwrap();
-            assert_eq!(msg, "attention scores: the keys are not one per score", "{len} values");
-            let caught = std::panic::catch_unwind(|| weighted_sum(&[1; 8], &keys, &mut [0; 16]));
-            let msg = *caught.unwrap_err().downcast::<&str>().unwrap();
-            assert_eq!(msg, "attention values: the values are not one per probability", "{len} values");
+    fn attention_kernels_check_their_slots_in_release_builds() {
+        let (q, cache) = (vals(16, 3, 2047), vals(16 * 64, 5, 2047));
+        let panics = |f: &dyn Fn()| {
+            *std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err().downcast::<&str>().unwrap()
+        };
+        let bad_scores: [(&[i16], &[i16], usize, usize); 4] =
+            [(&q, &cache, 60, 5), (&q, &cache[1..], 0, 8), (&q[1..], &cache, 0, 8), (&q, &cache, usize::MAX, 2)];
+        for (q, keys, start, n) in bad_scores {
+            let msg = panics(&|| scores(q, keys, start, &mut vec![0; n]));
+            assert_eq!(msg, "attention scores: the slots are not in the keys' window", "{start} + {n}");
         }
-        // Exactly one key per score is accepted.
-        scores(&q, &vals(16 * 8, 5, 2047), &mut [0; 8]);
+        let bad_values: [(&[i16], usize, usize); 4] =
+            [(&cache, 60, 5), (&cache[16..], 0, 8), (&cache, 1, 8), (&cache, 64, 1)];
+        for (values, start, n) in bad_values {
+            let msg = panics(&|| weighted_sum(&vec![1; n], values, start, &mut [0; 16]));
+            assert_eq!(msg, "attention values: the slots are not in the values' window", "{start} + {n}");
+        }
+        // The last slots of the window are accepted.
+        scores(&q, &cache, 56, &mut [0; 8]);
+        weighted_sum(&[1; 8], &cache, 56, &mut [0; 16]);
     }
 
     #[test]
@@ -697,11 +1165,14 @@ mod tests {
         let top = 2047i16;
         let (q, keys) = (vec![top; MAX_HEAD_DIM], vec![top; MAX_HEAD_DIM * 9]);
         let mut s = vec![0; 9];
-        scores(&q, &keys, &mut s);
+        scores(&q, &keys, 0, &mut s);
         assert!(s.iter().all(|&v| i64::from(v) == MAX_HEAD_DIM as i64 * 2047 * 2047), "{s:?}");
         let (x, w) = (vec![-top; MAX_ROW * 5], vec![-128i16; MAX_ROW * 3]);
         let mut o = vec![0; 15];
         matmul(&x, MAX_ROW, &w, &mut o);
+        assert!(o.iter().all(|&v| i64::from(v) == MAX_ROW as i64 * 2047 * 128), "{o:?}");
+        let m = Packed::new(&vec![-128i8; MAX_ROW * 3], 3, MAX_ROW);
+        matmul_packed(&x, &m, &mut o);
         assert!(o.iter().all(|&v| i64::from(v) == MAX_ROW as i64 * 2047 * 128), "{o:?}");
     }
 }

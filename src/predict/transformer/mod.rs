@@ -1,6 +1,6 @@
 //! The integer transformer: the model of `model::spec` run in integer arithmetic only.
 //!
-//! Weights are int8 (widened to i16 for the SIMD multiply-add), activations are quantized per
+//! Weights are int8 (widened to i16 in registers for the multiply-add), activations are quantized per
 //! row (or per head) to 12 bits with a power-of-two scale, products accumulate in i32, and
 //! every rescale is an integer multiply and a rounding shift (`fixed.rs`). Rows never mix:
 //! a row's result is the same whatever else is in the batch, and on every machine.
@@ -32,30 +32,24 @@ const _: () = {
     assert!(row_sum * ((MAX_ROW_SCALE as i128) << 24) + (1 << 34) <= i64::MAX as i128);
 };
 
-/// A linear layer ready for the kernels: i16 weights `[rows, cols]`, scales in Q24.
+/// A linear layer ready for the kernels: int8 weights packed (`kernels::Packed`), scales in Q24.
 struct Matrix {
-    cols: usize,
-    w: Vec<i16>,
+    w: kernels::Packed,
     scale_q24: Vec<i64>,
 }
 
 impl Matrix {
     fn new(l: &Linear, rows: usize) -> Matrix {
         Matrix {
-            cols: l.cols,
-            w: l.w[..rows * l.cols].iter().map(|&v| i16::from(v)).collect(),
+            w: kernels::Packed::new(&l.w[..rows * l.cols], rows, l.cols),
             scale_q24: l.scale[..rows].iter().map(|&s| to_fixed(s, 24)).collect(),
         }
     }
 
-    fn rows(&self) -> usize {
-        self.scale_q24.len()
-    }
-
     /// Q12 outputs for a batch of quantized rows `x` with their shifts.
     fn apply(&self, x: &[i16], shifts: &[i32], out: &mut [i32]) {
-        kernels::matmul(x, self.cols, &self.w, out);
-        for (row, &shift) in out.chunks_exact_mut(self.rows()).zip(shifts) {
+        kernels::matmul_packed(x, &self.w, out);
+        for (row, &shift) in out.chunks_exact_mut(self.w.rows()).zip(shifts) {
             for (o, &s) in row.iter_mut().zip(&self.scale_q24) {
                 *o = shift_round(i64::from(*o) * s, 24 - shift);
             }
@@ -111,10 +105,11 @@ pub struct Session {
     values: Vec<Cache>,
 }
 
-/// One layer's keys (or values), head by head, so that a head's vectors over a run of slots
-/// are one contiguous block the kernels stream through.
+/// One layer's keys (or values), head by head, each head's block laid out as the attention
+/// kernels read it: keys `[dims / 2, window, 2]` (dims padded to an even count), values
+/// `[window / 2, head_dim, 2]` (`kernels::scores`, `kernels::weighted_sum`).
 struct Cache {
-    /// Quantized vectors, `[heads, window, head_dim]`.
+    /// Quantized vectors, `[heads, block]`.
     q: Vec<i16>,
     /// Power-of-two scale per head and slot, `[heads, window]`.
     shift: Vec<i32>,
@@ -157,19 +152,19 @@ impl Transformer {
         }
     }
 
-    /// Bytes of the matrices one step reads (as the kernels hold them, i16).
+    /// Bytes of the matrices one step reads (as the kernels hold them, int8).
     pub fn matrix_bytes(&self) -> usize {
         let layers = self.layers.iter().flat_map(|l| [&l.qkv, &l.out, &l.up, &l.down]);
-        layers.chain([&self.head]).map(|m| m.w.len() * 2).sum()
+        layers.chain([&self.head]).map(|m| m.w.bytes()).sum()
     }
 
     pub fn session(&self, capacity: usize) -> Session {
-        let (win, d, h) = (self.spec.window(), self.spec.width, self.spec.heads);
-        let cache = || Cache { q: vec![0; h * win * (d / h)], shift: vec![0; h * win] };
+        let (win, hd, h) = (self.spec.window(), self.spec.head_dim(), self.spec.heads);
+        let cache = |dims| Cache { q: vec![0; h * win * dims], shift: vec![0; h * win] };
         Session {
             tokens: Vec::with_capacity(capacity),
-            keys: (0..self.spec.layers).map(|_| cache()).collect(),
-            values: (0..self.spec.layers).map(|_| cache()).collect(),
+            keys: (0..self.spec.layers).map(|_| cache(hd.next_multiple_of(2))).collect(),
+            values: (0..self.spec.layers).map(|_| cache(hd)).collect(),
         }
     }
 
@@ -253,23 +248,27 @@ impl Transformer {
         let here = last.start + last.len - 1;
         let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
         let n: usize = window.iter().map(|r| r.len).sum();
-        let mut q = vec![0i16; hd];
+        // Keys and the query padded to an even count of dims (the padding stays 0).
+        let hk = hd.next_multiple_of(2);
+        let (mut q, mut key, mut value) = (vec![0i16; hk], vec![0i16; hk], vec![0i16; hd]);
         let (mut logits, mut probs, mut bias) = (vec![0i32; n], vec![0i32; n], vec![0i32; n]);
         let (mut key_shift, mut value_shift) = (vec![0i32; n], vec![0i32; n]);
         let mut weights = vec![0u64; n];
         let mut acc = vec![0i32; hd];
         for h in 0..heads {
             let span = h * hd..(h + 1) * hd;
-            let (kq, vq) = (&mut keys.q[h * win * hd..][..win * hd], &mut values.q[h * win * hd..][..win * hd]);
+            let (kq, vq) = (&mut keys.q[h * win * hk..][..win * hk], &mut values.q[h * win * hd..][..win * hd]);
             let (ks, vs) = (&mut keys.shift[h * win..][..win], &mut values.shift[h * win..][..win]);
-            ks[here] = quantize(&qkv[d + span.start..d + span.end], &mut kq[here * hd..][..hd]);
-            vs[here] = quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut vq[here * hd..][..hd]);
-            let sq = quantize(&qkv[span.clone()], &mut q);
+            ks[here] = quantize(&qkv[d + span.start..d + span.end], &mut key[..hd]);
+            kernels::put_key(kq, here, &key);
+            vs[here] = quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut value);
+            kernels::put_value(vq, here, &value);
+            let sq = quantize(&qkv[span.clone()], &mut q[..hd]);
             let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
             let mut at = 0;
             for r in window {
                 let (slots, dst) = (r.start..r.start + r.len, at..at + r.len);
-                kernels::scores(&q, &kq[slots.start * hd..slots.end * hd], &mut logits[dst.clone()]);
+                kernels::scores(&q, kq, r.start, &mut logits[dst.clone()]);
                 key_shift[dst.clone()].copy_from_slice(&ks[slots.clone()]);
                 value_shift[dst.clone()].copy_from_slice(&vs[slots]);
                 bias[dst].fill(frame_bias[r.dt]);
@@ -279,14 +278,14 @@ impl Transformer {
             // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
             // scaled down to the largest value shift among the slots with weight.
             let inv = (1u64 << 51) / weights.iter().sum::<u64>();
-            let vmax = value_shift.iter().zip(&weights).map(|(&v, &w)| if w > 0 { v } else { i32::MIN }).max();
-            let vmax = vmax.expect("a window is never empty");
+            // Branch-free, so that it vectorizes.
+            let vmax =
+                value_shift.iter().zip(&weights).fold(i32::MIN, |m, (&v, &w)| m.max(if w > 0 { v } else { i32::MIN }));
             kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
             acc.fill(0);
             let mut at = 0;
             for r in window {
-                let block = &vq[r.start * hd..(r.start + r.len) * hd];
-                kernels::weighted_sum(&probs[at..at + r.len], block, &mut acc);
+                kernels::weighted_sum(&probs[at..at + r.len], vq, r.start, &mut acc);
                 at += r.len;
             }
             for (o, &a) in out[span].iter_mut().zip(&acc) {
