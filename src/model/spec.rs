@@ -118,7 +118,10 @@ impl ModelSpec {
     /// Bytes of one segment's key/value cache: per layer, keys and values of `window()` slots,
     /// each `width` i16 values and one i32 shift per head.
     pub fn kv_cache_bytes(&self) -> usize {
-        self.layers * 2 * self.window() * (self.width * 2 + self.heads * 4)
+        // Values and keys (i16, keys padded to an even count of dims per head), and a shift
+        // (i32) per head for each.
+        let dims = self.width + self.heads * self.head_dim().next_multiple_of(2);
+        self.layers * self.window() * (dims * 2 + 2 * self.heads * 4)
     }
 
     /// Every tensor of the model: name, shape and kind. The trainer exports exactly these.

@@ -248,11 +248,10 @@ impl Model {
     /// How many segments one worker codes in lockstep: the context mixer's tables are large
     /// and gain nothing from company; the transformer turns matrix-vector work into
     /// matrix-matrix work. Past 8 segments their key/value caches outgrow the CPU caches and
-    /// decoding slows (`cargo bench --bench transformer`: 4 x 256, K=2 decodes 5,761 tokens/s
-    /// at 8, 4,515 at 32, 4,003 at 1). A network whose matrices outgrow the caches themselves
-    /// gains from more: each pass over its weights serves more segments (8 x 512, K=8: 276
-    /// tokens/s at 8, 318 at 16, 334 at 32; 4 x 256, K=4 with 6 MB of matrices: 2,581 at 8,
-    /// 2,173 at 16).
+    /// decoding slows; below 4 each pass over the weights serves too few (`cargo bench --bench
+    /// transformer`, batch 2 / 4 / 8 / 16: 4 x 256, K=4 3,563 / 4,554 / 4,613 / 4,398 tokens/s;
+    /// the challenge preset 2,377 / 3,096 / 3,088 / 2,641). A network whose matrices outgrow
+    /// the caches themselves gains from more (8 x 512, K=8: 495 at 8, 531 at 16, 503 at 32).
     pub fn batch_size(&self) -> usize {
         match self {
             Model::ContextMix => 1,

@@ -1,8 +1,9 @@
 //! The integer inner loops. Each has one portable definition; on x86-64 a version with
 //! AVX2 intrinsics and, for the matrix product and attention, one with AVX-512 VNNI (and for
-//! the matrix product AVX-VNNI), all `vpdpwssd` where the CPU has it, chosen at run time.
-//! Integer sums do not depend on their order, so every version gives the same integers (tests
-//! check each one against the portable code).
+//! the matrix product AVX-VNNI), all `vpdpwssd` where the CPU has it, chosen at run time; on
+//! arm64 NEON versions of the matrix product and attention. Integer sums do not depend on
+//! their order, so every version gives the same integers (tests check each one against the
+//! portable code; `scripts/cross-check.sh` runs them on arm64 too).
 //!
 //! The operands are laid out so that the multiply-adds accumulate in lanes, one output each,
 //! instead of in dot products that each end in a horizontal sum: the matrix product's
@@ -739,6 +740,105 @@ mod vnni {
     }
 }
 
+/// The matrix product and attention with NEON, part of every arm64 CPU (so chosen without a
+/// run-time check): the same layouts as on x86-64, `ld2` splitting each pair of columns (or
+/// of dims, or of slots) into two vectors, and widening multiply-adds (`smlal`) into i32
+/// lanes.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::Packed;
+    use std::arch::aarch64::*;
+
+    /// `matmul_packed`: per block of 16 outputs, input rows 4 at a time; per pair of columns
+    /// the block's 32 weights split into its two columns, widened to i16 and multiplied by
+    /// the row's two values into 16 sums.
+    pub unsafe fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
+        let xr = x.len() / m.cols;
+        for b in 0..m.rows.div_ceil(16) {
+            let mut r = 0;
+            while r + 4 <= xr {
+                packed_tile::<4>(x, m, out, r, b);
+                r += 4;
+            }
+            while r < xr {
+                packed_tile::<1>(x, m, out, r, b);
+                r += 1;
+            }
+        }
+    }
+
+    /// Input rows `r0..r0 + R` by output block `b`.
+    #[inline(always)]
+    unsafe fn packed_tile<const R: usize>(x: &[i16], m: &Packed, out: &mut [i32], r0: usize, b: usize) {
+        let (cols, rows, half) = (m.cols, m.rows, m.cols / 2);
+        let mut acc = [[vdupq_n_s32(0); 4]; R];
+        // In bounds: block b < blocks, and x holds whole rows of an even count of columns.
+        let w = m.w.as_ptr().add(b * half * 32);
+        for p in 0..half {
+            let pair = vld2q_s8(w.add(p * 32));
+            let columns = [pair.0, pair.1].map(|c| [vmovl_s8(vget_low_s8(c)), vmovl_high_s8(c)]);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xp = x.as_ptr().add((r0 + i) * cols + 2 * p);
+                for (c, &v) in columns.iter().zip([*xp, *xp.add(1)].iter()) {
+                    a[0] = vmlal_n_s16(a[0], vget_low_s16(c[0]), v);
+                    a[1] = vmlal_high_n_s16(a[1], c[0], v);
+                    a[2] = vmlal_n_s16(a[2], vget_low_s16(c[1]), v);
+                    a[3] = vmlal_high_n_s16(a[3], c[1], v);
+                }
+            }
+        }
+        let (j0, mut lanes) = (b * 16, [0i32; 16]);
+        let n = (rows - j0).min(16);
+        for (i, a) in acc.iter().enumerate() {
+            for (k, v) in a.iter().enumerate() {
+                vst1q_s32(lanes.as_mut_ptr().add(4 * k), *v);
+            }
+            out[(r0 + i) * rows + j0..][..n].copy_from_slice(&lanes[..n]);
+        }
+    }
+
+    /// `scores`, 8 slots per pass: per pair of dims, the pass's 16 keys split into the two
+    /// dims and multiplied by the query's two values. The last slots go to the portable code.
+    pub unsafe fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
+        let window = keys.len() / q.len();
+        let full = out.len() / 8 * 8;
+        for g in (0..full).step_by(8) {
+            let (mut lo, mut hi) = (vdupq_n_s32(0), vdupq_n_s32(0));
+            for (i, qp) in q.chunks_exact(2).enumerate() {
+                // In bounds: slot start + g + 8 <= start + out.len() <= window, checked by the caller.
+                let k = vld2q_s16(keys.as_ptr().add((i * window + start + g) * 2));
+                for (dim, &v) in [k.0, k.1].iter().zip(qp) {
+                    lo = vmlal_n_s16(lo, vget_low_s16(*dim), v);
+                    hi = vmlal_high_n_s16(hi, *dim, v);
+                }
+            }
+            vst1q_s32(out.as_mut_ptr().add(g), lo);
+            vst1q_s32(out.as_mut_ptr().add(g + 4), hi);
+        }
+        super::scores_generic(q, keys, start + full, &mut out[full..]);
+    }
+
+    /// `weighted_sum`, 8 dims per pass: per pair of slots, the 16 values split into the two
+    /// slots, widened to i32 and multiplied by each slot's probability (`mla`, the low 32 bits
+    /// of the product, as `wrapping_mul`). `acc.len()` must be a multiple of 8.
+    pub unsafe fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
+        let hd = acc.len();
+        for c in (0..hd).step_by(8) {
+            let (mut lo, mut hi) = (vld1q_s32(acc.as_ptr().add(c)), vld1q_s32(acc.as_ptr().add(c + 4)));
+            for (j, p) in probs.chunks(2).enumerate() {
+                // In bounds: slot pair (start / 2 + j) is below window / 2, checked by the caller.
+                let v = vld2q_s16(values.as_ptr().add(((start / 2 + j) * hd + c) * 2));
+                for (slot, &pr) in [v.0, v.1].iter().zip(p) {
+                    lo = vmlaq_n_s32(lo, vmovl_s16(vget_low_s16(*slot)), pr);
+                    hi = vmlaq_n_s32(hi, vmovl_high_s16(*slot), pr);
+                }
+            }
+            vst1q_s32(acc.as_mut_ptr().add(c), lo);
+            vst1q_s32(acc.as_mut_ptr().add(c + 4), hi);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_vnni() -> bool {
@@ -757,7 +857,7 @@ fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-/// Dispatch to the AVX2 version when the CPU has it.
+/// Dispatch to the AVX2 version when the CPU has it (the caller has checked what its loads rely on).
 macro_rules! dispatch {
     ($name:ident($($arg:expr),*), $generic:ident) => {{
         #[cfg(target_arch = "x86_64")]
@@ -766,6 +866,15 @@ macro_rules! dispatch {
             return unsafe { avx2::$name($($arg),*) };
         }
         $generic($($arg),*)
+    }};
+    // The same, on arm64 the NEON version instead.
+    (neon $name:ident($($arg:expr),*), $generic:ident) => {{
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every arm64 CPU; the caller checked the shapes.
+        let result = unsafe { neon::$name($($arg),*) };
+        #[cfg(not(target_arch = "aarch64"))]
+        let result = dispatch!($name($($arg),*), $generic);
+        result
     }};
 }
 
@@ -808,7 +917,7 @@ pub fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
         // SAFETY: AVX2 and AVX-VNNI are present; the shapes are checked above.
         return unsafe { avx2::matmul_packed_vnni(x, m, out) };
     }
-    dispatch!(matmul_packed(x, m, out), matmul_packed_generic)
+    dispatch!(neon matmul_packed(x, m, out), matmul_packed_generic)
 }
 
 /// See `scores_generic`. Panics unless `q` has an even, nonzero length, `keys` whole slots of
@@ -823,7 +932,7 @@ pub fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
         // SAFETY: AVX-512 VNNI and BW are present; the layout is checked above.
         return unsafe { vnni::scores(q, keys, start, out) };
     }
-    dispatch!(scores(q, keys, start, out), scores_generic)
+    dispatch!(neon scores(q, keys, start, out), scores_generic)
 }
 
 /// See `weighted_sum_generic`. Panics unless `values` holds whole pairs of slots of
@@ -844,6 +953,11 @@ pub fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]
             // SAFETY: AVX2 is present; the layout is checked above.
             return unsafe { avx2::weighted_sum(probs, values, start, acc) };
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if hd.is_multiple_of(8) {
+        // SAFETY: NEON is part of every arm64 CPU; the layout is checked above.
+        return unsafe { neon::weighted_sum(probs, values, start, acc) };
     }
     weighted_sum_generic(probs, values, start, acc)
 }
