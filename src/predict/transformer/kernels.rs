@@ -281,11 +281,6 @@ mod avx2 {
         super::probabilities_generic(&weights[full4..], &value_shift[full4..], vmax, inv, &mut probs[full4..]);
     }
 
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn dot(a: &[i16], b: &[i16]) -> i32 {
-        super::dot_generic(a, b)
-    }
-
     /// Scores of 8 slots per vector, 32 slots per pass: for each pair of dims, `vpmaddwd` of
     /// the query's pair (broadcast) with that pair of 8 slots' keys. The caller checked the
     /// layout (`scores`); the last slots past the groups of 8 go to the portable code.
@@ -878,12 +873,9 @@ macro_rules! dispatch {
     }};
 }
 
-pub fn dot(a: &[i16], b: &[i16]) -> i32 {
-    debug_assert_eq!(a.len(), b.len());
-    dispatch!(dot(a, b), dot_generic)
-}
-
-/// `x` holds rows of `cols`, `w` holds rows of `cols`; `out` gets `[x rows, w rows]`.
+/// `x` holds rows of `cols`, `w` holds rows of `cols`; `out` gets `[x rows, w rows]`. For i16
+/// weights that change as they are used (online adaptation's view); the network's fixed
+/// matrices go through `matmul_packed`.
 pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     debug_assert_eq!(out.len(), x.len() / cols * (w.len() / cols));
     if !cols.is_multiple_of(16) {
@@ -1025,9 +1017,6 @@ pub fn peak_macs_per_second() -> f64 {
 
 /// The portable definitions, for tests.
 pub mod portable {
-    pub fn dot(a: &[i16], b: &[i16]) -> i32 {
-        super::dot_generic(a, b)
-    }
     pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         super::matmul_generic(x, cols, w, out)
     }
@@ -1095,7 +1084,6 @@ mod tests {
                     assert_eq!(o1, o2, "AVX-VNNI: {rows_x} x {rows_w} x {cols}");
                 }
             }
-            assert_eq!(dot(&x[..cols], &w[..cols]), portable::dot(&x[..cols], &w[..cols]));
         }
     }
 
