@@ -46,6 +46,12 @@ impl Tables {
         &self.exp2_frac
     }
 
+    /// The GELU table `gelu` interpolates, 1025 entries (for the AVX2 kernel).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn gelu_table(&self) -> &[i32] {
+        &self.gelu
+    }
+
     /// `e^(-d/256)` in Q30 for a Q8 distance `d >= 0`.
     pub fn exp_neg(&self, d: u32) -> u64 {
         // y = d * log2(e) in Q32: integer part n, then 8 bits for the table, 16 to interpolate.
@@ -72,19 +78,21 @@ impl Tables {
 
     /// GELU of a Q12 value: table lookup with linear interpolation over [-8, 8).
     pub fn gelu(&self, x: i32) -> i32 {
-        const LO: i32 = -8 << 12;
-        if x >= -LO {
+        if x >= -GELU_LO {
             return x;
         }
-        if x < LO {
+        if x < GELU_LO {
             return 0;
         }
-        let u = x - LO;
+        let u = x - GELU_LO;
         let (i, frac) = ((u >> 6) as usize, u & 63);
         let (a, b) = (self.gelu[i], self.gelu[i + 1]);
         a + (((b - a) * frac + 32) >> 6)
     }
 }
+
+/// Where the GELU table starts, Q12: -8. It ends at +8, past which GELU is the identity.
+pub(super) const GELU_LO: i32 = -8 << 12;
 
 /// Round `v / 2^s` (s > 0) or compute `v * 2^-s` (s <= 0), saturating to i32.
 #[inline]

@@ -169,6 +169,12 @@ fn softmax_weights_generic(
     }
 }
 
+/// GELU of each Q12 value (`Tables::gelu`).
+#[inline(always)]
+fn gelu_generic(x: &mut [i32], tables: &Tables) {
+    x.iter_mut().for_each(|v| *v = tables.gelu(*v));
+}
+
 /// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
 /// its value's shift below `vmax`, the largest shift among the slots with weight.
 #[inline(always)]
@@ -259,6 +265,37 @@ mod avx2 {
         for i in full4..n {
             weights[i] = tables.exp_neg((i64::from(max) - i64::from(scores[i])) as u32);
         }
+    }
+
+    /// `gelu` on 8 lanes: the table index and fraction of each value (clamped into the
+    /// table, so the two gathers stay in it), the interpolation, then the values past the
+    /// table's ends replaced (by themselves above it, 0 below), as the scalar code returns them.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn gelu(x: &mut [i32], tables: &Tables) {
+        use super::super::fixed::GELU_LO;
+        let table = tables.gelu_table();
+        let full = x.len() / 8 * 8;
+        let (lo, top) = (_mm256_set1_epi32(GELU_LO), _mm256_set1_epi32(-GELU_LO - 1));
+        for i in (0..full).step_by(8) {
+            let v = _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i);
+            // v - GELU_LO may wrap for v near i32::MAX: such lanes are replaced below.
+            let u = _mm256_min_epi32(
+                _mm256_max_epi32(_mm256_sub_epi32(v, lo), _mm256_setzero_si256()),
+                _mm256_set1_epi32(65535),
+            );
+            let (idx, frac) = (_mm256_srli_epi32(u, 6), _mm256_and_si256(u, _mm256_set1_epi32(63)));
+            // In bounds: idx <= 1023 and the table has 1025 entries.
+            let a = _mm256_i32gather_epi32(table.as_ptr(), idx, 4);
+            let b = _mm256_i32gather_epi32(table.as_ptr().add(1), idx, 4);
+            let step = _mm256_srai_epi32(
+                _mm256_add_epi32(_mm256_mullo_epi32(_mm256_sub_epi32(b, a), frac), _mm256_set1_epi32(32)),
+                6,
+            );
+            let r = _mm256_blendv_epi8(_mm256_add_epi32(a, step), v, _mm256_cmpgt_epi32(v, top));
+            let r = _mm256_andnot_si256(_mm256_cmpgt_epi32(lo, v), r);
+            _mm256_storeu_si256(x.as_mut_ptr().add(i) as *mut __m256i, r);
+        }
+        super::gelu_generic(&mut x[full..], tables);
     }
 
     /// `probabilities` on 4 u64 lanes: `w * inv < 2^52` is one `vpmuludq` (both below 2^32),
@@ -977,6 +1014,11 @@ pub fn softmax_weights(
     softmax_weights_generic(scores, shift, key_shift, bias, tables, weights)
 }
 
+/// See `gelu_generic`.
+pub fn gelu(x: &mut [i32], tables: &Tables) {
+    dispatch!(gelu(x, tables), gelu_generic)
+}
+
 /// See `probabilities_generic`. Panics unless the slices have one length.
 pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
     let n = weights.len();
@@ -1041,6 +1083,9 @@ pub mod portable {
     }
     pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
         super::probabilities_generic(weights, value_shift, vmax, inv, probs)
+    }
+    pub fn gelu(x: &mut [i32], tables: &super::Tables) {
+        super::gelu_generic(x, tables)
     }
 }
 
@@ -1234,6 +1279,24 @@ mod tests {
                 assert_eq!(p1, p2, "n {n}, shift {shift}");
             }
         }
+    }
+
+    /// GELU's vector version against the scalar one: every value the table covers, the
+    /// values around the table's bounds, the i32 extremes, and a tail after the groups of 8.
+    #[test]
+    fn gelu_kernel_gives_the_table_values() {
+        let tables = Tables::new();
+        let lo = super::super::fixed::GELU_LO;
+        let edges =
+            [i32::MIN, i32::MIN + 1, lo - 1, lo, lo + 1, -1, 0, 1, -lo - 1, -lo, -lo + 1, i32::MAX - 1, i32::MAX];
+        let mut x: Vec<i32> = (lo - 200..-lo + 200).chain(edges).collect();
+        x.push(12_345);
+        let want: Vec<i32> = x.iter().map(|&v| tables.gelu(v)).collect();
+        let mut got = x.clone();
+        gelu(&mut got, &tables);
+        assert_eq!(got, want);
+        portable::gelu(&mut x, &tables);
+        assert_eq!(x, want);
     }
 
     /// Slots outside the window, or layouts that do not fit, are a panic, never a read outside

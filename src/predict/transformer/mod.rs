@@ -204,7 +204,7 @@ impl Transformer {
             let m = self.spec.mlp_width;
             let mut hidden = vec![0i32; b * m];
             layer.up.apply(&scratch.q, &scratch.shifts, &mut hidden);
-            hidden.iter_mut().for_each(|v| *v = self.tables.gelu(*v));
+            kernels::gelu(&mut hidden, &self.tables);
             scratch.quantize_rows(&hidden, m);
             self.residual(&layer.down, &scratch, &mut x);
         }
