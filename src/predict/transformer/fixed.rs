@@ -154,7 +154,7 @@ pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
             *qi = ((xi >> shift) + (xi >> (shift - 1) & 1)).clamp(-QMAX, QMAX) as i16;
         }
     } else {
-        // |x| < 1024 here, so the left shift stays below 2048.
+        // |x| < 2^(11 + shift) here, so the left shift stays below 2048.
         for (qi, &xi) in q.iter_mut().zip(x) {
             *qi = (xi << -shift) as i16;
         }
