@@ -67,10 +67,6 @@ impl Packed {
         self.rows
     }
 
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// Bytes the product streams through.
     pub fn bytes(&self) -> usize {
         self.w.len()
@@ -931,7 +927,7 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
     dispatch!(matmul(x, cols, w, out), matmul_generic)
 }
 
-/// `x` holds rows of `m.cols()`; `out` gets `[x rows, m.rows()]`. Panics otherwise: checked
+/// `x` holds rows of the matrix's columns; `out` gets `[x rows, m.rows()]`. Panics otherwise: checked
 /// once per call, because the SIMD versions read through raw pointers.
 pub fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
     let fits = x.len().is_multiple_of(m.cols) && out.len() == x.len() / m.cols * m.rows;
