@@ -127,7 +127,7 @@ impl Divider {
         Divider { d, inv: ((1u128 << 64) / u128::from(d)) as u64 }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn floor(&self, n: u64) -> u64 {
         let q = ((u128::from(n) * u128::from(self.inv)) >> 64) as u64;
         // q * d <= n, so the difference cannot wrap.
@@ -144,6 +144,7 @@ pub const QMAX: i32 = 2047;
 
 /// Quantize Q12 values to 12-bit integers with a shared power-of-two scale:
 /// `x ~= q * 2^shift`. Returns `shift`. The largest |x| maps into 1024..=2047.
+#[inline(always)]
 pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
     let m = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
     let shift = (32 - m.leading_zeros()) as i32 - 11;
@@ -166,6 +167,7 @@ pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
 const _: () = assert!(crate::model::spec::NORM_EPS_LOG2 <= 22);
 
 /// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
+#[inline(always)]
 pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
     let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
     let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));

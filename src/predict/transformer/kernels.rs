@@ -881,6 +881,13 @@ fn has_avx_vnni() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
+pub(super) fn has_x86_64_v3() -> bool {
+    use std::is_x86_feature_detected as has;
+    has_avx2() && has!("bmi1") && has!("bmi2") && has!("lzcnt") && has!("popcnt") && has!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
 fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
