@@ -4,7 +4,11 @@
 //! path: range decoder, frequency tables, KV cache) and reports tokens/s per core, the
 //! multiply-accumulates per token, and their rate against this core's measured integer
 //! multiply-accumulate peak (independent chains of i16 multiply-adds on registers), for the
-//! whole decode step and for its linear layers' matrix products alone.
+//! whole decode step and for its linear layers' matrix products alone. The last columns bound
+//! what the step can reach: attention reads each slot's cached key and value once per token,
+//! so a step takes at least the time to stream those bytes (at this core's measured read rate
+//! from a buffer the size of the batch's caches) plus its matrix products at their measured
+//! rate.
 
 use cvq::code;
 use cvq::data::Segment;
@@ -57,6 +61,43 @@ fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
     (steps * macs_per_step) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Bytes per second one core reads from a buffer of `bytes` (1 GiB of reads or more: the first pass runs slower), with
+/// the widest loads the CPU has: the rate at which attention can stream a cache of that size.
+fn read_rate(bytes: usize) -> f64 {
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let passes = (1 << 30) / bytes + 1;
+    let t = Instant::now();
+    for _ in 0..passes {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512 is present.
+            std::hint::black_box(unsafe { sum_avx512(&buf) });
+            continue;
+        }
+        std::hint::black_box(sum(&buf));
+    }
+    (passes * buf.len() * 8) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn sum(buf: &[u64]) -> u64 {
+    buf.iter().fold(0, |a, &v| a.wrapping_add(v))
+}
+
+/// Two independent chains of 64-byte loads and adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(buf: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    // Aligned loads: one cache line each.
+    let skip = buf.as_ptr().align_offset(64).min(buf.len());
+    for pair in buf[skip..].chunks_exact(16) {
+        a = _mm512_add_epi64(a, _mm512_loadu_si512(pair.as_ptr().cast()));
+        b = _mm512_add_epi64(b, _mm512_loadu_si512(pair[8..].as_ptr().cast()));
+    }
+    _mm512_reduce_add_epi64(_mm512_add_epi64(a, b)) as u64
+}
+
 fn main() {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let peak = kernels::peak_macs_per_second();
@@ -65,14 +106,17 @@ fn main() {
         peak / 1e9
     );
     println!(
-        "{:<24} {:>10} {:>10} {:>9} {:>9} {:>15} {:>16}",
+        "{:<24} {:>10} {:>10} {:>9} {:>9} {:>15} {:>16} {:>13} {:>11} {:>15}",
         "model (layers x width, K)",
         "MAC/token",
         "tokens/s",
         "GMAC/s",
         "of peak",
         "matmuls of peak",
-        "768M tok, 16 cores"
+        "768M tok, 16 cores",
+        "cache B/token",
+        "read GB/s",
+        "ceiling of peak"
     );
     // 6 x 256, K=4 is cvq-train's challenge preset; 10 x 384, K=8 a model of ~20M parameters.
     for (layers, width, k) in [
@@ -112,13 +156,21 @@ fn main() {
         let window: usize = (0..frames * 128).map(|p| (p / 128).min(k) * 128 + p % 128 + 1).sum();
         let macs = spec.linear_macs() as f64 + 2.0 * (window * layers * width) as f64 / (frames * 128) as f64;
         let rate = n / secs;
+        let matrices = matrix_rate(&spec, batch);
+        // Cached bytes each token's attention reads: its window's slots, each slot's keys,
+        // values and their shifts in every layer.
+        let cache_bytes = window as f64 / (frames * 128) as f64 * (spec.kv_cache_bytes() / spec.window()) as f64;
+        let read = read_rate(batch * spec.kv_cache_bytes());
+        let ceiling = 1.0 / (cache_bytes / read + spec.linear_macs() as f64 / matrices);
         println!(
-            "{name:<24} {macs:>10.0} {rate:>10.0} {:>9.2} {:>8.1}% {:>14.1}% {:>16.1}h",
+            "{name:<24} {macs:>10.0} {rate:>10.0} {:>9.2} {:>8.1}% {:>14.1}% {:>16.1}h {cache_bytes:>13.0} {:>11.1} {:>14.1}%",
             rate * macs / 1e9,
             rate * macs / peak * 100.0,
-            matrix_rate(&spec, batch) / peak * 100.0,
+            matrices / peak * 100.0,
             // The challenge set's decode time, if 16 cores each ran this one's rate.
-            CHALLENGE_TOKENS / (16.0 * rate) / 3600.0
+            CHALLENGE_TOKENS / (16.0 * rate) / 3600.0,
+            read / 1e9,
+            ceiling * macs / peak * 100.0
         );
     }
 }
