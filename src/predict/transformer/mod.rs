@@ -282,9 +282,7 @@ impl Transformer {
             let (kq, vq) = (&mut keys.q[h * win * hk..][..win * hk], &mut values.q[h * win * hd..][..win * hd]);
             let (ks, vs) = (&mut keys.shift[h * win..][..win], &mut values.shift[h * win..][..win]);
             ks[here] = quantize(&qkv[d + span.start..d + span.end], &mut key[..hd]);
-            kernels::put_key(kq, here, &key);
             vs[here] = quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut value);
-            kernels::put_value(vq, here, &value);
             let sq = quantize(&qkv[span.clone()], &mut q[..hd]);
             let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
             let mut at = 0;
@@ -296,6 +294,11 @@ impl Transformer {
                 bias[dst].fill(frame_bias[r.dt]);
                 at += r.len;
             }
+            // The element's own slot (the last) is scored from its key directly, and its key
+            // stored only now: the kernel above has just read the block into the cache, so the
+            // scattered stores no longer each wait for a line from memory.
+            logits[n - 1] = q.iter().zip(&key).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            kernels::put_key(kq, here, &key);
             kernels::softmax_weights(&mut logits, 16 - sq, &key_shift, &bias, &self.tables, &mut weights);
             // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
             // scaled down to the largest value shift among the slots with weight.
@@ -304,12 +307,15 @@ impl Transformer {
             let vmax =
                 value_shift.iter().zip(&weights).fold(i32::MIN, |m, (&v, &w)| m.max(if w > 0 { v } else { i32::MIN }));
             kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
-            acc.fill(0);
+            // Likewise the element's own value: weighted directly, stored after the kernel.
+            let own = std::mem::take(&mut probs[n - 1]);
+            acc.iter_mut().zip(&value).for_each(|(a, &v)| *a = own.wrapping_mul(i32::from(v)));
             let mut at = 0;
             for r in window {
                 kernels::weighted_sum(&probs[at..at + r.len], vq, r.start, &mut acc);
                 at += r.len;
             }
+            kernels::put_value(vq, here, &value);
             for (o, &a) in out[span].iter_mut().zip(&acc) {
                 *o = shift_round(i64::from(a), 19 - vmax);
             }
