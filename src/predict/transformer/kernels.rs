@@ -936,6 +936,7 @@ pub fn matmul(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
 
 /// `x` holds rows of the matrix's columns; `out` gets `[x rows, m.rows()]`. Panics otherwise: checked
 /// once per call, because the SIMD versions read through raw pointers.
+#[inline(always)]
 pub fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
     let fits = x.len().is_multiple_of(m.cols) && out.len() == x.len() / m.cols * m.rows;
     assert!(fits, "matrix product: the input rows or the output do not fit the matrix");
@@ -955,6 +956,7 @@ pub fn matmul_packed(x: &[i16], m: &Packed, out: &mut [i32]) {
 /// See `scores_generic`. Panics unless `q` has an even, nonzero length, `keys` whole slots of
 /// it, and slots `start..start + out.len()` lie in the window: checked once per call, because
 /// the SIMD versions read through raw pointers.
+#[inline(always)]
 pub fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
     let fits = q.len().is_multiple_of(2) && !q.is_empty() && keys.len().is_multiple_of(q.len());
     let fits = fits && start.checked_add(out.len()).is_some_and(|end| end <= keys.len() / q.len());
@@ -969,6 +971,7 @@ pub fn scores(q: &[i16], keys: &[i16], start: usize, out: &mut [i32]) {
 
 /// See `weighted_sum_generic`. Panics unless `values` holds whole pairs of slots of
 /// `acc.len()` dims, `start` is even and slots `start..start + probs.len()` lie in the window.
+#[inline(always)]
 pub fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]) {
     let hd = acc.len();
     let fits = hd > 0 && values.len().is_multiple_of(2 * hd) && start.is_multiple_of(2);
@@ -996,6 +999,7 @@ pub fn weighted_sum(probs: &[i32], values: &[i16], start: usize, acc: &mut [i32]
 }
 
 /// See `softmax_weights_generic`. Panics unless the slices have one length.
+#[inline(always)]
 pub fn softmax_weights(
     scores: &mut [i32],
     shift: i32,
@@ -1019,11 +1023,13 @@ pub fn softmax_weights(
 }
 
 /// See `gelu_generic`.
+#[inline(always)]
 pub fn gelu(x: &mut [i32], tables: &Tables) {
     dispatch!(gelu(x, tables), gelu_generic)
 }
 
 /// See `probabilities_generic`. Panics unless the slices have one length.
+#[inline(always)]
 pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
     let n = weights.len();
     assert!(value_shift.len() == n && probs.len() == n, "probabilities: slices of one length");
