@@ -173,6 +173,13 @@ fn gelu_generic(x: &mut [i32], tables: &Tables) {
 
 /// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
 /// its value's shift below `vmax`, the largest shift among the slots with weight.
+/// The largest value shift among the slots with weight (`i32::MIN` if none): the scale the
+/// attention's weighted values are summed at.
+#[inline(always)]
+fn live_max_generic(weights: &[u64], value_shift: &[i32]) -> i32 {
+    value_shift.iter().zip(weights).fold(i32::MIN, |m, (&v, &w)| m.max(if w > 0 { v } else { i32::MIN }))
+}
+
 #[inline(always)]
 fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
     for ((pr, &w), &vs) in probs.iter_mut().zip(weights).zip(value_shift) {
@@ -312,6 +319,25 @@ mod avx2 {
             _mm_storeu_si128(probs.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
         }
         super::probabilities_generic(&weights[full4..], &value_shift[full4..], vmax, inv, &mut probs[full4..]);
+    }
+
+    /// `live_max` on 4 slots per step: a weight's test for 0 (`vpcmpeqq`) narrowed to the
+    /// value shifts' 32-bit lanes, which it replaces by `i32::MIN` before the maximum.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
+        let full4 = weights.len() / 4 * 4;
+        let (zero, none) = (_mm256_setzero_si256(), _mm_set1_epi32(i32::MIN));
+        let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let mut m = none;
+        for i in (0..full4).step_by(4) {
+            let dead = _mm256_cmpeq_epi64(_mm256_loadu_si256(weights.as_ptr().add(i) as *const __m256i), zero);
+            let dead = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(dead, low_halves));
+            let vs = _mm_loadu_si128(value_shift.as_ptr().add(i) as *const __m128i);
+            m = _mm_max_epi32(m, _mm_blendv_epi8(vs, none, dead));
+        }
+        let mut lanes = [0i32; 4];
+        _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, m);
+        lanes.into_iter().fold(super::live_max_generic(&weights[full4..], &value_shift[full4..]), i32::max)
     }
 
     /// Scores of 8 slots per vector, 32 slots per pass: for each pair of dims, `vpmaddwd` of
@@ -1028,6 +1054,13 @@ pub fn gelu(x: &mut [i32], tables: &Tables) {
     dispatch!(gelu(x, tables), gelu_generic)
 }
 
+/// See `live_max_generic`. Panics unless the slices have one length.
+#[inline(always)]
+pub fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
+    assert_eq!(weights.len(), value_shift.len(), "live_max: slices of one length");
+    dispatch!(live_max(weights, value_shift), live_max_generic)
+}
+
 /// See `probabilities_generic`. Panics unless the slices have one length.
 #[inline(always)]
 pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
@@ -1090,6 +1123,9 @@ pub mod portable {
         weights: &mut [u64],
     ) {
         super::softmax_weights_generic(scores, shift, key_shift, bias, tables, weights)
+    }
+    pub fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
+        super::live_max_generic(weights, value_shift)
     }
     pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
         super::probabilities_generic(weights, value_shift, vmax, inv, probs)
@@ -1282,7 +1318,13 @@ mod tests {
                 assert_eq!((s1, &w1), (s2, &w2), "n {n}, shift {shift}, spread {spread}");
                 let sum = w1.iter().sum::<u64>().max(1 << 30);
                 let value_shift: Vec<i32> = (0..n).map(|_| (next() % 40) as i32 - 5).collect();
-                let vmax = value_shift.iter().zip(&w1).filter(|(_, &w)| w > 0).map(|(&v, _)| v).max().unwrap_or(0);
+                let vmax = value_shift.iter().zip(&w1).filter(|(_, &w)| w > 0).map(|(&v, _)| v).max();
+                assert_eq!(live_max(&w1, &value_shift), vmax.unwrap_or(i32::MIN), "n {n}, shift {shift}");
+                // Slots without weight in every position of the vectors and the tail.
+                let sparse: Vec<u64> = w1.iter().enumerate().map(|(i, &w)| if i % 3 == 0 { 0 } else { w }).collect();
+                assert_eq!(live_max(&sparse, &value_shift), portable::live_max(&sparse, &value_shift));
+                assert_eq!(live_max(&vec![0; n], &value_shift), i32::MIN);
+                let vmax = vmax.unwrap_or(0);
                 let (mut p1, mut p2) = (vec![0; n], vec![0; n]);
                 probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p1);
                 portable::probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p2);

@@ -303,9 +303,7 @@ impl Transformer {
             // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
             // scaled down to the largest value shift among the slots with weight.
             let inv = (1u64 << 51) / weights.iter().sum::<u64>();
-            // Branch-free, so that it vectorizes.
-            let vmax =
-                value_shift.iter().zip(&weights).fold(i32::MIN, |m, (&v, &w)| m.max(if w > 0 { v } else { i32::MIN }));
+            let vmax = kernels::live_max(&weights, &value_shift);
             kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
             // Likewise the element's own value: weighted directly, stored after the kernel.
             let own = std::mem::take(&mut probs[n - 1]);
