@@ -171,14 +171,9 @@ const _: () = assert!(crate::model::spec::NORM_EPS_LOG2 <= 22);
 pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
     let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
     let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));
-    // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256.
-    let rms_q12 = Divider::new(mean_q24.isqrt() as u64);
-    for ((o, &v), &g) in out.iter_mut().zip(x).zip(gain_q12) {
-        // Division rounding toward zero, as `/` on i64 does.
-        let n = i64::from(v) * i64::from(g);
-        let q = rms_q12.floor(n.unsigned_abs()) as i64;
-        *o = (if n < 0 { -q } else { q }).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-    }
+    // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256; at most 2^31, the
+    // mean being below 2^62.
+    super::kernels::divide_products(x, gain_q12, mean_q24.isqrt() as u64, out);
 }
 
 /// An f32 scale or gain as a fixed-point integer with `frac_bits` (0..=62) fractional bits.

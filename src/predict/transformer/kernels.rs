@@ -16,7 +16,7 @@
 //! Safety: each public function is safe for any arguments. The SIMD versions are private;
 //! their public entry points check, once per call, what their raw loads rely on.
 
-use super::fixed::{shift_round, Tables};
+use super::fixed::{shift_round, Divider, Tables};
 
 #[inline(always)]
 fn dot_generic(a: &[i16], b: &[i16]) -> i32 {
@@ -173,6 +173,18 @@ fn gelu_generic(x: &mut [i32], tables: &Tables) {
 
 /// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
 /// its value's shift below `vmax`, the largest shift among the slots with weight.
+/// `x[i] * gain[i] / d` (d in 2..=2^31) rounded toward zero, as `/` on i64 does, clamped to
+/// i32: RMSNorm's scaling.
+#[inline(always)]
+fn divide_products_generic(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
+    let d = Divider::new(d);
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(gain) {
+        let n = i64::from(v) * i64::from(g);
+        let q = d.floor(n.unsigned_abs()) as i64;
+        *o = (if n < 0 { -q } else { q }).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+    }
+}
+
 /// The largest value shift among the slots with weight (`i32::MIN` if none): the scale the
 /// attention's weighted values are summed at.
 #[inline(always)]
@@ -319,6 +331,43 @@ mod avx2 {
             _mm_storeu_si128(probs.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
         }
         super::probabilities_generic(&weights[full4..], &value_shift[full4..], vmax, inv, &mut probs[full4..]);
+    }
+
+    /// `divide_products` on 4 values per step. A quotient estimated in f64 (`|x g| * (1 / d)`,
+    /// clamped below 2^31) is within 1 of the exact one (relative error below 2^-50 on a
+    /// value below 2^31), so one exact remainder `|x g| - q d` in i64 (`vpmuludq`: both
+    /// factors below 2^32) corrects it: the float only guesses. A quotient of 2^31 or more
+    /// comes out as 2^31, which the clamp maps as it maps any larger one.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
+        let full4 = x.len() / 4 * 4;
+        let (inv, cap) = (_mm256_set1_pd(1.0 / d as f64), _mm256_set1_pd(((1u64 << 31) - 1) as f64));
+        let (dv, below_d, sign_bit) =
+            (_mm256_set1_epi64x(d as i64), _mm256_set1_epi64x(d as i64 - 1), _mm256_set1_pd(-0.0));
+        let (max, low_halves) = (_mm256_set1_epi64x(i32::MAX as i64), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        for i in (0..full4).step_by(4) {
+            let v = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
+            let g = _mm_loadu_si128(gain.as_ptr().add(i) as *const __m128i);
+            let guess = _mm256_mul_pd(
+                _mm256_andnot_pd(sign_bit, _mm256_mul_pd(_mm256_cvtepi32_pd(v), _mm256_cvtepi32_pd(g))),
+                inv,
+            );
+            let q = _mm256_cvtepu32_epi64(_mm256_cvttpd_epi32(_mm256_min_pd(guess, cap)));
+            // |v| and |g| as u32 (|i32::MIN| = 2^31 included), their exact product in u64.
+            let n = _mm256_mul_epu32(_mm256_cvtepu32_epi64(_mm_abs_epi32(v)), _mm256_cvtepu32_epi64(_mm_abs_epi32(g)));
+            let r = _mm256_sub_epi64(n, _mm256_mul_epu32(q, dv));
+            // q - 1 where the remainder is negative, q + 1 where it is d or more.
+            let q = _mm256_add_epi64(q, _mm256_cmpgt_epi64(_mm256_setzero_si256(), r));
+            let q = _mm256_sub_epi64(q, _mm256_cmpgt_epi64(r, below_d));
+            // Negative where exactly one factor is; -q fits i32 down to -2^31, q up to 2^31 - 1.
+            let neg = _mm256_cvtepi32_epi64(_mm_xor_si128(v, g));
+            let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), neg);
+            let pos = _mm256_blendv_epi8(q, max, _mm256_cmpgt_epi64(q, max));
+            let o = _mm256_blendv_epi8(pos, _mm256_sub_epi64(_mm256_setzero_si256(), q), neg);
+            let packed = _mm256_permutevar8x32_epi32(o, low_halves);
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+        }
+        super::divide_products_generic(&x[full4..], &gain[full4..], d, &mut out[full4..]);
     }
 
     /// `live_max` on 4 slots per step: a weight's test for 0 (`vpcmpeqq`) narrowed to the
@@ -1054,6 +1103,15 @@ pub fn gelu(x: &mut [i32], tables: &Tables) {
     dispatch!(gelu(x, tables), gelu_generic)
 }
 
+/// See `divide_products_generic`. Panics unless the slices have one length and d is in
+/// 2..=2^31.
+#[inline(always)]
+pub fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
+    assert!(x.len() == gain.len() && x.len() == out.len(), "divide_products: slices of one length");
+    assert!((2..=1 << 31).contains(&d), "divide_products: a divisor in 2..=2^31");
+    dispatch!(divide_products(x, gain, d, out), divide_products_generic)
+}
+
 /// See `live_max_generic`. Panics unless the slices have one length.
 #[inline(always)]
 pub fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
@@ -1126,6 +1184,9 @@ pub mod portable {
     }
     pub fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
         super::live_max_generic(weights, value_shift)
+    }
+    pub fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
+        super::divide_products_generic(x, gain, d, out)
     }
     pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
         super::probabilities_generic(weights, value_shift, vmax, inv, probs)
@@ -1329,6 +1390,78 @@ mod tests {
                 probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p1);
                 portable::probabilities(&w1, &value_shift, vmax, (1 << 51) / sum, &mut p2);
                 assert_eq!(p1, p2, "n {n}, shift {shift}");
+            }
+        }
+    }
+
+    /// RMSNorm's division against i64 division: every divisor size, quotients at and next to
+    /// whole numbers, at and past the i32 clamp, both signs, the i32 extremes, tails after
+    /// the groups of 4.
+    #[test]
+    fn divide_products_give_the_quotients_of_integer_division() {
+        let mut x = 0x9E37_79B9u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let divisors = [2, 3, 16, 17, 4095, 1 << 20, (1 << 20) + 3, (1 << 31) - 1, 1 << 31];
+        let random: Vec<u64> = (0..40).map(|i| u64::from(next() >> (i % 31)).clamp(2, 1 << 31)).collect();
+        for d in divisors.into_iter().chain(random) {
+            let mut xs: Vec<i32> = vec![];
+            let mut gs: Vec<i32> = vec![];
+            let di = d as i64;
+            for k in [0i64, 1, 2, 1000, (1 << 31) - 1, 1 << 31, (1 << 31) + 1] {
+                // x = k d + e with gain 1 (when it fits), and x = k with gain d (when that fits).
+                for e in [-1, 0, 1, di - 1] {
+                    for sign in [1, -1] {
+                        if let Ok(v) = i32::try_from(sign * (k * di + e)) {
+                            xs.push(v);
+                            gs.push(if xs.len().is_multiple_of(2) { 1 } else { -1 });
+                        }
+                    }
+                }
+                if let (Ok(v), Ok(g)) = (i32::try_from(k), i32::try_from(di)) {
+                    xs.extend([v, -v, v]);
+                    gs.extend([g, g, -g]);
+                }
+            }
+            for _ in 0..300 {
+                let big = |n: u32| {
+                    if n.is_multiple_of(7) {
+                        [i32::MIN, i32::MAX, -1, 0][(n / 7 % 4) as usize]
+                    } else {
+                        (n >> (n % 31)) as i32
+                    }
+                };
+                xs.push(big(next()) * if next() % 2 == 0 { 1 } else { -1 });
+                gs.push(big(next()));
+            }
+            if d == (1 << 31) - 1 {
+                // d is prime: with g = -1 / x mod d, x g / d falls 1/d short of a whole number,
+                // closer than the f64 guess can tell (the remainder corrects it downward).
+                let pow = |mut b: u64, mut e: u64| {
+                    let mut r = 1;
+                    while e > 0 {
+                        (r, b, e) = (if e & 1 == 1 { r * b % d } else { r }, b * b % d, e >> 1);
+                    }
+                    r
+                };
+                for _ in 0..200 {
+                    let v = u64::from(next() >> 1).max(2) % d;
+                    xs.push(v as i32);
+                    gs.push((d - pow(v, d - 2)) as i32);
+                }
+            }
+            xs.push(7); // a tail
+            gs.push(-3);
+            let (mut got, mut want) = (vec![0; xs.len()], vec![0; xs.len()]);
+            divide_products(&xs, &gs, d, &mut got);
+            portable::divide_products(&xs, &gs, d, &mut want);
+            for i in 0..xs.len() {
+                let exact = (i64::from(xs[i]) * i64::from(gs[i]) / di).clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+                assert_eq!((got[i], want[i]), (exact, exact), "{} * {} / {d}", xs[i], gs[i]);
             }
         }
     }
