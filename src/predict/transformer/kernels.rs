@@ -185,6 +185,15 @@ fn divide_products_generic(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
     }
 }
 
+/// `x = round(x * scale / 2^s)` per element (`fixed::shift_round`): the rescale after each
+/// matrix product, a scale per output.
+#[inline(always)]
+fn rescale_generic(x: &mut [i32], scale: &[i64], s: i32) {
+    for (o, &f) in x.iter_mut().zip(scale) {
+        *o = shift_round(i64::from(*o) * f, s);
+    }
+}
+
 /// The largest value shift among the slots with weight (`i32::MIN` if none): the scale the
 /// attention's weighted values are summed at.
 #[inline(always)]
@@ -622,6 +631,23 @@ mod avx2 {
 mod vnni {
     use super::Packed;
     use std::arch::x86_64::*;
+
+    /// `rescale` for s in 1..=62, 8 values per step: 64-bit products (`vpmullq`), the
+    /// rounding shift (`vpsraq`) and the clamp to i32 in 64-bit lanes, as `shift_round` does.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn rescale(x: &mut [i32], scale: &[i64], s: i32) {
+        let full = x.len() / 8 * 8;
+        let (half, count) = (_mm512_set1_epi64(1 << (s - 1)), _mm_cvtsi32_si128(s));
+        let (lo, hi) = (_mm512_set1_epi64(i32::MIN as i64), _mm512_set1_epi64(i32::MAX as i64));
+        for i in (0..full).step_by(8) {
+            let o = _mm512_cvtepi32_epi64(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i));
+            let f = _mm512_loadu_si512(scale.as_ptr().add(i) as *const _);
+            let r = _mm512_sra_epi64(_mm512_add_epi64(_mm512_mullo_epi64(o, f), half), count);
+            let r = _mm512_cvtepi64_epi32(_mm512_min_epi64(_mm512_max_epi64(r, lo), hi));
+            _mm256_storeu_si256(x.as_mut_ptr().add(i) as *mut __m256i, r);
+        }
+        super::rescale_generic(&mut x[full..], &scale[full..], s);
+    }
 
     /// Register-blocked like the AVX2 version: 4 rows of `x` by 2 rows of `w` per pass, the
     /// last rows one by 4. `cols` must be a multiple of 32.
@@ -1112,6 +1138,18 @@ pub fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
     dispatch!(divide_products(x, gain, d, out), divide_products_generic)
 }
 
+/// See `rescale_generic`. Panics unless the slices have one length.
+#[inline(always)]
+pub fn rescale(x: &mut [i32], scale: &[i64], s: i32) {
+    assert_eq!(x.len(), scale.len(), "rescale: slices of one length");
+    #[cfg(target_arch = "x86_64")]
+    if (1..=62).contains(&s) && std::is_x86_feature_detected!("avx512dq") {
+        // SAFETY: AVX-512 F and DQ are present (DQ implies F); the lengths are checked above.
+        return unsafe { vnni::rescale(x, scale, s) };
+    }
+    rescale_generic(x, scale, s)
+}
+
 /// See `live_max_generic`. Panics unless the slices have one length.
 #[inline(always)]
 pub fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
@@ -1126,7 +1164,8 @@ pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, 
     assert!(value_shift.len() == n && probs.len() == n, "probabilities: slices of one length");
     // The AVX2 version's single multiply needs both factors below 2^32.
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() && inv < 1 << 32 && weights.iter().all(|&w| w < 1 << 32) {
+    // (A fold rather than `all`, so that the check vectorizes.)
+    if has_avx2() && inv < 1 << 32 && weights.iter().fold(0, |m, &w| m | w) < 1 << 32 {
         // SAFETY: AVX2 is present; the slices have one length, checked above.
         return unsafe { avx2::probabilities(weights, value_shift, vmax, inv, probs) };
     }
@@ -1187,6 +1226,9 @@ pub mod portable {
     }
     pub fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
         super::divide_products_generic(x, gain, d, out)
+    }
+    pub fn rescale(x: &mut [i32], scale: &[i64], s: i32) {
+        super::rescale_generic(x, scale, s)
     }
     pub fn probabilities(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
         super::probabilities_generic(weights, value_shift, vmax, inv, probs)
@@ -1462,6 +1504,46 @@ mod tests {
             for i in 0..xs.len() {
                 let exact = (i64::from(xs[i]) * i64::from(gs[i]) / di).clamp(i32::MIN.into(), i32::MAX.into()) as i32;
                 assert_eq!((got[i], want[i]), (exact, exact), "{} * {} / {d}", xs[i], gs[i]);
+            }
+        }
+    }
+
+    /// The rescale's vector version against `shift_round`: every shift it takes and the
+    /// ones it leaves to the scalar code, products at the i64 and i32 limits, tails.
+    #[test]
+    fn rescale_gives_the_rounded_shifts() {
+        let mut x = 0x1234_5679u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for s in [-3, 0, 1, 2, 3, 13, 24, 35, 40, 62, 63] {
+            for n in [1, 8, 13, 256] {
+                // Scales up to 2^31 in magnitude, so that product and rounding term fit i64
+                // (the engine's reach 2^32, MAX_ROW_SCALE in Q24, with smaller sums); values
+                // of every size.
+                let scale: Vec<i64> = (0..n)
+                    .map(|i| match i % 4 {
+                        0 => 1 << 31,
+                        1 => -(1 << 31),
+                        _ => (i64::from(next()) >> (next() % 32)) * if next() % 2 == 0 { 1 } else { -1 },
+                    })
+                    .collect();
+                let vals: Vec<i32> = (0..n)
+                    .map(|i| {
+                        if i % 5 == 0 {
+                            [i32::MIN, i32::MAX, 0, -1][i / 5 % 4]
+                        } else {
+                            (next() as i32) >> (next() % 31)
+                        }
+                    })
+                    .collect();
+                let (mut got, mut want) = (vals.clone(), vals);
+                rescale(&mut got, &scale, s);
+                portable::rescale(&mut want, &scale, s);
+                assert_eq!(got, want, "s {s}, n {n}");
             }
         }
     }

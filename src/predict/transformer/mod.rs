@@ -51,9 +51,7 @@ impl Matrix {
     fn apply(&self, x: &[i16], shifts: &[i32], out: &mut [i32]) {
         kernels::matmul_packed(x, &self.w, out);
         for (row, &shift) in out.chunks_exact_mut(self.w.rows()).zip(shifts) {
-            for (o, &s) in row.iter_mut().zip(&self.scale_q24) {
-                *o = shift_round(i64::from(*o) * s, 24 - shift);
-            }
+            kernels::rescale(row, &self.scale_q24, 24 - shift);
         }
     }
 }
