@@ -1242,16 +1242,20 @@ pub mod portable {
 mod tests {
     use super::*;
 
-    fn vals(n: usize, seed: u32, max: i32) -> Vec<i16> {
+    /// A xorshift32 stream (seed made odd, so never 0).
+    fn rng(seed: u32) -> impl FnMut() -> u32 {
         let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                ((x % (2 * max as u32 + 1)) as i32 - max) as i16
-            })
-            .collect()
+        move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        }
+    }
+
+    fn vals(n: usize, seed: u32, max: i32) -> Vec<i16> {
+        let mut next = rng(seed);
+        (0..n).map(|_| ((next() % (2 * max as u32 + 1)) as i32 - max) as i16).collect()
     }
 
     #[test]
@@ -1394,13 +1398,7 @@ mod tests {
     #[test]
     fn softmax_kernels_give_the_portable_integers() {
         let tables = Tables::new();
-        let mut x = 0x2545_f491u32;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
+        let mut next = rng(0x2545_f491u32);
         for n in [1usize, 3, 4, 7, 8, 9, 31, 384, 641] {
             for (shift, spread, big) in [(16, 6, false), (20, 30, false), (3, 9, false), (16, 4, true), (40, 3, false)]
             {
@@ -1441,13 +1439,7 @@ mod tests {
     /// the groups of 4.
     #[test]
     fn divide_products_give_the_quotients_of_integer_division() {
-        let mut x = 0x9E37_79B9u32;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
+        let mut next = rng(0x9E37_79B9u32);
         let divisors = [2, 3, 16, 17, 4095, 1 << 20, (1 << 20) + 3, (1 << 31) - 1, 1 << 31];
         let random: Vec<u64> = (0..40).map(|i| u64::from(next() >> (i % 31)).clamp(2, 1 << 31)).collect();
         for d in divisors.into_iter().chain(random) {
@@ -1512,13 +1504,7 @@ mod tests {
     /// ones it leaves to the scalar code, products at the i64 and i32 limits, tails.
     #[test]
     fn rescale_gives_the_rounded_shifts() {
-        let mut x = 0x1234_5679u32;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
+        let mut next = rng(0x1234_5679u32);
         for s in [-3, 0, 1, 2, 3, 13, 24, 35, 40, 62, 63] {
             for n in [1, 8, 13, 256] {
                 // Scales up to 2^31 in magnitude, so that product and rounding term fit i64
