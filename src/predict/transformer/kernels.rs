@@ -1469,7 +1469,8 @@ mod tests {
                         (n >> (n % 31)) as i32
                     }
                 };
-                xs.push(big(next()) * if next() % 2 == 0 { 1 } else { -1 });
+                let v = big(next());
+                xs.push(if next().is_multiple_of(2) { v } else { v.wrapping_neg() });
                 gs.push(big(next()));
             }
             if d == (1 << 31) - 1 {
@@ -1514,7 +1515,7 @@ mod tests {
                     .map(|i| match i % 4 {
                         0 => 1 << 31,
                         1 => -(1 << 31),
-                        _ => (i64::from(next()) >> (next() % 32)) * if next() % 2 == 0 { 1 } else { -1 },
+                        _ => (i64::from(next()) >> (next() % 32)) * if next().is_multiple_of(2) { 1 } else { -1 },
                     })
                     .collect();
                 let vals: Vec<i32> = (0..n)
