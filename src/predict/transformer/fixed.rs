@@ -233,7 +233,8 @@ mod tests {
             // Multiples and their neighbours (where a one-off error would show), the extremes,
             // and random numerators of every size.
             let k = next() % (u64::MAX / d);
-            let edges = [0, 1, d - 1, d, d + 1, k * d, k * d + d - 1, (k * d).saturating_sub(1), u64::MAX];
+            let edges =
+                [0, 1, d - 1, d, d.saturating_add(1), k * d, k * d + d - 1, (k * d).saturating_sub(1), u64::MAX];
             let random: Vec<u64> = (0..200).map(|i| next() >> (i % 64)).collect();
             for n in edges.into_iter().chain(random) {
                 assert_eq!(div.floor(n), n / d, "{n} / {d}");
