@@ -15,12 +15,11 @@ pub struct FreqTable {
 
 impl FreqTable {
     pub fn new(freqs: &[u32]) -> FreqTable {
-        let mut cum = Vec::with_capacity(freqs.len() + 1);
-        cum.push(0);
-        for &f in freqs {
-            cum.push(cum.last().unwrap() + f);
-        }
-        FreqTable { cum }
+        let running = freqs.iter().scan(0, |total, &f| {
+            *total += f;
+            Some(*total)
+        });
+        FreqTable { cum: std::iter::once(0).chain(running).collect() }
     }
 
     pub fn interval(&self, t: u16) -> Interval {
