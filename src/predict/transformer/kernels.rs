@@ -171,8 +171,6 @@ fn gelu_generic(x: &mut [i32], tables: &Tables) {
     x.iter_mut().for_each(|v| *v = tables.gelu(*v));
 }
 
-/// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
-/// its value's shift below `vmax`, the largest shift among the slots with weight.
 /// `x[i] * gain[i] / d` (d in 2..=2^31) rounded toward zero, as `/` on i64 does, clamped to
 /// i32: RMSNorm's scaling.
 #[inline(always)]
@@ -201,6 +199,8 @@ fn live_max_generic(weights: &[u64], value_shift: &[i32]) -> i32 {
     value_shift.iter().zip(weights).fold(i32::MIN, |m, (&v, &w)| m.max(if w > 0 { v } else { i32::MIN }))
 }
 
+/// Probabilities in Q19 from `weights` times `inv` (2^51 / their sum), each scaled down by
+/// its value's shift below `vmax`, the largest shift among the slots with weight.
 #[inline(always)]
 fn probabilities_generic(weights: &[u64], value_shift: &[i32], vmax: i32, inv: u64, probs: &mut [i32]) {
     for ((pr, &w), &vs) in probs.iter_mut().zip(weights).zip(value_shift) {
