@@ -330,14 +330,12 @@ mod avx2 {
         let n = weights.len();
         let full4 = n / 4 * 4;
         let (invv, vmaxq, thirty_two) = (_mm256_set1_epi64x(inv as i64), _mm_set1_epi32(vmax), _mm256_set1_epi64x(32));
-        let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         for i in (0..full4).step_by(4) {
             let w = _mm256_loadu_si256(weights.as_ptr().add(i) as *const __m256i);
             let vs = _mm_loadu_si128(value_shift.as_ptr().add(i) as *const __m128i);
             let gap = _mm256_cvtepi32_epi64(_mm_sub_epi32(vmaxq, vs));
             let p = _mm256_srlv_epi64(_mm256_mul_epu32(w, invv), _mm256_add_epi64(gap, thirty_two));
-            let packed = _mm256_permutevar8x32_epi32(p, low_halves);
-            _mm_storeu_si128(probs.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+            _mm_storeu_si128(probs.as_mut_ptr().add(i) as *mut __m128i, low_halves(p));
         }
         super::probabilities_generic(&weights[full4..], &value_shift[full4..], vmax, inv, &mut probs[full4..]);
     }
@@ -353,7 +351,7 @@ mod avx2 {
         let (inv, cap) = (_mm256_set1_pd(1.0 / d as f64), _mm256_set1_pd(((1u64 << 31) - 1) as f64));
         let (dv, below_d, sign_bit) =
             (_mm256_set1_epi64x(d as i64), _mm256_set1_epi64x(d as i64 - 1), _mm256_set1_pd(-0.0));
-        let (max, low_halves) = (_mm256_set1_epi64x(i32::MAX as i64), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        let max = _mm256_set1_epi64x(i32::MAX as i64);
         for i in (0..full4).step_by(4) {
             let v = _mm_loadu_si128(x.as_ptr().add(i) as *const __m128i);
             let g = _mm_loadu_si128(gain.as_ptr().add(i) as *const __m128i);
@@ -373,8 +371,7 @@ mod avx2 {
             let neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), neg);
             let pos = _mm256_blendv_epi8(q, max, _mm256_cmpgt_epi64(q, max));
             let o = _mm256_blendv_epi8(pos, _mm256_sub_epi64(_mm256_setzero_si256(), q), neg);
-            let packed = _mm256_permutevar8x32_epi32(o, low_halves);
-            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, low_halves(o));
         }
         super::divide_products_generic(&x[full4..], &gain[full4..], d, &mut out[full4..]);
     }
@@ -385,11 +382,10 @@ mod avx2 {
     pub unsafe fn live_max(weights: &[u64], value_shift: &[i32]) -> i32 {
         let full4 = weights.len() / 4 * 4;
         let (zero, none) = (_mm256_setzero_si256(), _mm_set1_epi32(i32::MIN));
-        let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         let mut m = none;
         for i in (0..full4).step_by(4) {
             let dead = _mm256_cmpeq_epi64(_mm256_loadu_si256(weights.as_ptr().add(i) as *const __m256i), zero);
-            let dead = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(dead, low_halves));
+            let dead = low_halves(dead);
             let vs = _mm_loadu_si128(value_shift.as_ptr().add(i) as *const __m128i);
             m = _mm_max_epi32(m, _mm_blendv_epi8(vs, none, dead));
         }
@@ -493,6 +489,13 @@ mod avx2 {
     #[target_feature(enable = "avx2,avxvnni")]
     pub unsafe fn matmul_vnni(x: &[i16], cols: usize, w: &[i16], out: &mut [i32]) {
         matmul_with::<true>(x, cols, w, out)
+    }
+
+    /// The low 32 bits of each 64-bit lane, packed into 4 i32 lanes. Inlined into a caller
+    /// that enables AVX2.
+    #[inline(always)]
+    unsafe fn low_halves(v: __m256i) -> __m128i {
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)))
     }
 
     /// `acc + madd(x, w)`: one `vpdpwssd` with AVX-VNNI, else `vpmaddwd` and `vpaddd`. Inlined
