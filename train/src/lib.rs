@@ -9,5 +9,6 @@ pub mod export;
 pub mod hub;
 pub mod model;
 pub mod optim;
+pub mod softmax;
 pub mod stream;
 pub mod train;

@@ -129,6 +129,10 @@ struct Args {
     /// norms, softmax and the loss stay f32).
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Test only: no gradient through the attention scores (queries, keys, frame biases), as
+    /// the trainer before 0.5 did; the control run that shows what attention learns.
+    #[arg(long, hide = true)]
+    fixed_attention: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -344,7 +348,8 @@ fn run(a: Args) -> Result<()> {
     let stream = Stream::new(train_sources, skip, a.seed, window, spec.context_frames, batch, a.shuffle_buffer);
 
     let vm = VarMap::new();
-    let model = Gpt::new(spec, &vm, &device, a.seed)?;
+    let mut model = Gpt::new(spec, &vm, &device, a.seed, DType::F32)?;
+    model.fixed_attention = a.fixed_attention;
     let mut state =
         State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), a.weight_decay.unwrap_or(r.weight_decay))? };
     let mut data = Data { stream, queued: vec![] };

@@ -4,8 +4,13 @@
 //! elements of its own and the K previous frames that come before it in raster order, with
 //! a learned bias per head and frame offset, exactly as the integer engine's sliding cache.
 //! Attention logits are scaled by 1/sqrt(head_dim) here; export folds that into W_q.
+//!
+//! Every op on the forward path has a backward (`softmax` has the attention's; the tests
+//! check every parameter's gradient against finite differences in f64). Parameters are f32,
+//! or f64 for those checks.
 
 use crate::data::Rng;
+use crate::softmax::softmax_last_dim;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use cvq::data::{TOKENS_PER_FRAME, VOCAB};
@@ -21,19 +26,22 @@ pub struct Matrix {
 struct Params<'a> {
     vm: &'a VarMap,
     device: &'a Device,
+    dtype: DType,
     rng: Rng,
 }
 
 impl Params<'_> {
     fn constant(&self, name: &str, shape: &[usize], value: f64) -> Result<Tensor> {
-        let vb = VarBuilder::from_varmap(self.vm, DType::F32, self.device);
+        let vb = VarBuilder::from_varmap(self.vm, self.dtype, self.device);
         vb.get_with_hints(shape, name, candle_nn::Init::Const(value))
     }
 
     fn normal(&mut self, name: &str, rows: usize, cols: usize, std: f64) -> Result<Matrix> {
         let w = self.constant(name, &[rows, cols], 0.0)?;
+        // Drawn in f32 whatever the parameters' type, so a seed gives the same start in both.
         let values: Vec<f32> = (0..rows * cols).map(|_| (self.rng.normal() * std) as f32).collect();
-        self.vm.data().lock().unwrap()[name].set(&Tensor::from_vec(values, (rows, cols), self.device)?)?;
+        let values = Tensor::from_vec(values, (rows, cols), self.device)?.to_dtype(self.dtype)?;
+        self.vm.data().lock().unwrap()[name].set(&values)?;
         Ok(Matrix { w })
     }
 }
@@ -69,8 +77,22 @@ pub struct Gpt {
     pub layers: Vec<Layer>,
     pub norm_out: Tensor,
     pub head_bias: Tensor,
+    /// Test-only: no gradient reaches the attention scores (queries, keys, frame bias), as
+    /// in the trainer before this was found; a control for showing what attention learns.
+    pub fixed_attention: bool,
     /// Attention layouts by window frames, built once: every step uses the same one.
-    layouts: std::sync::Mutex<Vec<(usize, Tensor, Tensor)>>,
+    layouts: std::sync::Mutex<Vec<(usize, Layout)>>,
+}
+
+/// Where attention may look in a window of W frames of T = 128 elements (N = W x T).
+#[derive(Clone)]
+struct Layout {
+    /// 0 where element i may attend to element j, else -inf, as `[W, T, W, T]` (frame of i,
+    /// place of i, frame of j, place of j), in the parameters' type.
+    mask: Tensor,
+    /// Frame offset of frame j seen from frame i, `[W x W]` (u32), clamped to 0..=K (the
+    /// offsets outside are masked).
+    offsets: Tensor,
 }
 
 /// One batch of training windows: ids and targets `[B, N]`, loss mask `[B, N]` (f32).
@@ -93,9 +115,10 @@ fn rms_norm(x: &Tensor, gain: &Tensor) -> Result<Tensor> {
 }
 
 impl Gpt {
-    /// Parameters live in `vm`, named as the runtime's tensors, initialised from `seed`.
-    pub fn new(spec: ModelSpec, vm: &VarMap, device: &Device, seed: u64) -> Result<Gpt> {
-        let mut p = Params { vm, device, rng: Rng::new(seed) };
+    /// Parameters live in `vm`, named as the runtime's tensors, initialised from `seed`, of
+    /// type `dtype` (f32 to train; f64 for gradient checks).
+    pub fn new(spec: ModelSpec, vm: &VarMap, device: &Device, seed: u64, dtype: DType) -> Result<Gpt> {
+        let mut p = Params { vm, device, dtype, rng: Rng::new(seed) };
         let (d, m, k) = (spec.width, spec.mlp_width, spec.context_frames);
         let resid_std = 0.02 / (2.0 * spec.layers as f64).sqrt();
         let mut layers = vec![];
@@ -119,66 +142,85 @@ impl Gpt {
             layers,
             norm_out: p.constant("norm_out.gain", &[d], 1.0)?,
             head_bias: p.constant("head_bias", &[VOCAB], 0.0)?,
+            fixed_attention: false,
             layouts: Default::default(),
         })
     }
 
-    /// Attention mask (0 or -inf) `[N, N]` and frame offsets `[N, N]` (u32) for windows of
-    /// `frames` frames, on the model's device.
-    fn attention_layout(&self, frames: usize) -> Result<(Tensor, Tensor)> {
+    /// The attention layout for windows of `frames` frames, on the model's device.
+    fn attention_layout(&self, frames: usize) -> Result<Layout> {
         let mut layouts = self.layouts.lock().expect("not poisoned");
-        if let Some((_, mask, offsets)) = layouts.iter().find(|l| l.0 == frames) {
-            return Ok((mask.clone(), offsets.clone()));
+        if let Some((_, layout)) = layouts.iter().find(|l| l.0 == frames) {
+            return Ok(layout.clone());
         }
-        let n = frames * TOKENS_PER_FRAME;
-        let k = self.spec.context_frames;
+        let (n, k, t) = (frames * TOKENS_PER_FRAME, self.spec.context_frames, TOKENS_PER_FRAME);
         let mut mask = vec![f32::NEG_INFINITY; n * n];
-        let mut offsets = vec![0u32; n * n];
         for i in 0..n {
             for j in 0..=i {
-                let dt = i / TOKENS_PER_FRAME - j / TOKENS_PER_FRAME;
-                if dt <= k {
+                if i / t - j / t <= k {
                     mask[i * n + j] = 0.0;
-                    offsets[i * n + j] = dt as u32;
                 }
             }
         }
+        let offsets: Vec<u32> =
+            (0..frames * frames).map(|f| (f / frames).saturating_sub(f % frames).min(k) as u32).collect();
         let device = self.norm_out.device();
-        let (mask, offsets) = (Tensor::from_vec(mask, (n, n), device)?, Tensor::from_vec(offsets, (n, n), device)?);
-        layouts.push((frames, mask.clone(), offsets.clone()));
-        Ok((mask, offsets))
+        let layout = Layout {
+            mask: Tensor::from_vec(mask, (frames, t, frames, t), device)?.to_dtype(self.dtype())?,
+            offsets: Tensor::from_vec(offsets, frames * frames, device)?,
+        };
+        layouts.push((frames, layout.clone()));
+        Ok(layout)
     }
 
-    /// Logits `[B, N, 1024]` (f32). Matrix products run in `dtype` (bf16 on a GPU: tensor
-    /// cores), everything else in f32: the residual stream, norms, softmax and the loss.
+    /// The parameters' type: the residual stream's, the norms', the softmax's and the loss's.
+    pub fn dtype(&self) -> DType {
+        self.norm_out.dtype()
+    }
+
+    /// Logits `[B, N, 1024]` in the parameters' type. Matrix products run in `dtype` (bf16 on
+    /// a GPU: tensor cores), everything else in the parameters' type (f32): the residual
+    /// stream, norms, softmax and the loss.
     pub fn forward(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
-        let s = &self.spec;
+        self.run(b, fake_quant, dtype, None)
+    }
+
+    /// Each layer's attention weights, `[B, heads, N, N]` (query, key), in float.
+    pub fn attention_weights(&self, b: &Batch) -> Result<Vec<Tensor>> {
+        let mut weights = vec![];
+        self.run(b, false, self.dtype(), Some(&mut weights))?;
+        Ok(weights)
+    }
+
+    /// The forward pass, keeping each layer's attention weights in `keep` if given.
+    fn run(&self, b: &Batch, fake_quant: bool, dtype: DType, mut keep: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let (bsz, n) = b.prev.dims2()?;
-        let (d, heads, hd) = (s.width, s.heads, s.head_dim());
+        let (d, float) = (self.spec.width, self.dtype());
         let embed =
             |m: &Matrix, ids: &Tensor| -> Result<Tensor> { m.weights(fake_quant)?.embedding(&ids.flatten_all()?) };
         let tok_same = self.tok_same.weights(fake_quant)?;
-        // x @ w^T in the compute type, back in f32.
+        // x @ w^T in the compute type, back in the parameters' type.
         let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
-            x.to_dtype(dtype)?.broadcast_matmul(&w.to_dtype(dtype)?.t()?)?.to_dtype(DType::F32)
+            x.to_dtype(dtype)?.broadcast_matmul(&w.to_dtype(dtype)?.t()?)?.to_dtype(float)
         };
         let mut x =
             (embed(&self.tok_prev, &b.prev)? + tok_same.embedding(&b.same.flatten_all()?)?)?.reshape((bsz, n, d))?;
         x = x.broadcast_add(&embed(&self.pos, &b.pos)?.reshape((1, n, d))?)?;
-        let (mask, offsets) = self.attention_layout(b.frames)?;
-        let scale = 1.0 / (hd as f64).sqrt();
+        let layout = self.attention_layout(b.frames)?;
         for layer in &self.layers {
             let h = rms_norm(&x, &layer.norm1)?;
-            let qkv = h.to_dtype(dtype)?.broadcast_matmul(&layer.qkv.weights(fake_quant)?.to_dtype(dtype)?.t()?)?; // [B, N, 3d]
-            let split = |i: usize| -> Result<Tensor> {
-                qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            // Frame-offset bias per head: [heads, N, N].
-            let bias = layer.frame_bias.index_select(&offsets.flatten_all()?, 1)?.reshape((heads, n, n))?;
-            let att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?.broadcast_add(&bias)?.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(dtype)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((bsz, n, d))?;
+            // [B, N, 3d] in the compute type.
+            let qkv = h.to_dtype(dtype)?.broadcast_matmul(&layer.qkv.weights(fake_quant)?.to_dtype(dtype)?.t()?)?;
+            let att = self.attention(layer, &qkv, &layout, b.frames)?;
+            if let Some(keep) = keep.as_deref_mut() {
+                keep.push(att.detach());
+            }
+            let v = qkv.narrow(2, 2 * d, d)?.reshape((bsz, n, self.spec.heads, self.spec.head_dim()))?;
+            let y = att
+                .to_dtype(dtype)?
+                .matmul(&v.transpose(1, 2)?.contiguous()?)?
+                .transpose(1, 2)?
+                .reshape((bsz, n, d))?;
             x = (x + mm(&y, &layer.out.weights(fake_quant)?)?)?;
             let h = rms_norm(&x, &layer.norm2)?;
             let h = mm(&h, &layer.up.weights(fake_quant)?)?.gelu()?;
@@ -188,12 +230,32 @@ impl Gpt {
         mm(&h, &tok_same.narrow(0, 0, VOCAB)?)?.broadcast_add(&self.head_bias)
     }
 
+    /// Attention weights `[B, heads, N, N]` in the parameters' type, from the layer's queries
+    /// and keys (`qkv` `[B, N, 3d]` in the compute type) over windows of `frames` frames.
+    fn attention(&self, layer: &Layer, qkv: &Tensor, layout: &Layout, frames: usize) -> Result<Tensor> {
+        let (bsz, n, _) = qkv.dims3()?;
+        let (d, heads, hd) = (self.spec.width, self.spec.heads, self.spec.head_dim());
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k) = ((split(0)? * (1.0 / (hd as f64).sqrt()))?, split(1)?);
+        // The frame bias of each head for each pair of frames, spread over the frames'
+        // 128 x 128 blocks by broadcasting (whose backward is a sum; an index_select over
+        // N x N offsets would backprop through candle's serial index_add), plus the mask:
+        // [heads, N, N].
+        let bias = layer.frame_bias.index_select(&layout.offsets, 1)?.reshape((heads, frames, 1, frames, 1))?;
+        let bias = bias.broadcast_add(&layout.mask)?.reshape((heads, n, n))?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(self.dtype())?.broadcast_add(&bias)?;
+        let scores = if self.fixed_attention { scores.detach() } else { scores };
+        softmax_last_dim(&scores)
+    }
+
     /// Mean cross-entropy in nats over the scored positions (a scalar on the device).
     pub fn loss(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
         let logits = self.forward(b, fake_quant, dtype)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let picked = logp.gather(&b.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
-        let total = (picked * &b.mask)?.sum_all()?;
+        let total = (picked * b.mask.to_dtype(self.dtype())?)?.sum_all()?;
         total.neg()? / b.scored.max(1) as f64
     }
 
@@ -202,5 +264,25 @@ impl Gpt {
         let mut vars: Vec<_> = vm.data().lock().unwrap().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         vars
+    }
+
+    /// For gradient checks: every parameter in `vm` drawn from `seed` at a scale where every
+    /// path carries signal (gains near 1, frame biases of order 1, matrices that keep the
+    /// activations' scale, so attention is far from uniform). The trainer's own start, with
+    /// zero frame biases and near-uniform attention, is where a wrong gradient hides best.
+    pub fn spread(vm: &VarMap, seed: u64) -> Result<()> {
+        let mut rng = Rng::new(seed);
+        for (name, var) in Gpt::vars(vm) {
+            let (mean, std) = match var.dims() {
+                [_] if name.ends_with("gain") => (1.0, 0.3),
+                [_] => (0.0, 0.5),
+                [_, _] if name.ends_with("frame_bias") => (0.0, 1.0),
+                [_, cols] => (0.0, 1.0 / (*cols as f64).sqrt()),
+                dims => candle_core::bail!("{name}: a parameter of shape {dims:?}"),
+            };
+            let values: Vec<f64> = (0..var.elem_count()).map(|_| mean + std * rng.normal()).collect();
+            var.set(&Tensor::from_vec(values, var.shape(), var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 }

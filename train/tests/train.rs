@@ -47,7 +47,7 @@ fn setup(sources: Vec<Source>, val: &[Segment], seed: u64) -> (Gpt, State, Data)
 
 fn setup_batch(sources: Vec<Source>, val: &[Segment], seed: u64, batch: usize) -> (Gpt, State, Data) {
     let vm = VarMap::new();
-    let model = Gpt::new(TINY, &vm, &Device::Cpu, seed).unwrap();
+    let model = Gpt::new(TINY, &vm, &Device::Cpu, seed, DType::F32).unwrap();
     let state = State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), 0.0).unwrap() };
     let skip: HashSet<String> = val.iter().map(|s| s.name.clone()).collect();
     let stream = Stream::new(sources, skip, seed, TINY.context_frames + FRAMES, TINY.context_frames, batch, 32);
@@ -212,7 +212,7 @@ fn a_run_stopped_and_resumed_exports_byte_identical_weights() {
     // A checkpoint of another model is refused, naming both.
     let vm = VarMap::new();
     let other = ModelSpec { width: 64, ..TINY };
-    let model = Gpt::new(other, &vm, &Device::Cpu, 1).unwrap();
+    let model = Gpt::new(other, &vm, &Device::Cpu, 1, DType::F32).unwrap();
     let mut s = State { step: 0, tokens: 0, opt: AdamW::new(Gpt::vars(&vm), 0.0).unwrap() };
     let sources = stream::sources(&[], &[dir.path().join("data")]).unwrap();
     let mut d = Data { stream: Stream::new(sources, HashSet::new(), 1, 3, 1, 4, 32), queued: vec![] };
