@@ -14,10 +14,20 @@ in bf16 under autocast, f32 master weights, AdamW, gradient clipping at 1.0, as 
 
 prints one line: `torch: N tokens/s (...)`, counting scored tokens (F frames x 128 per window)
 as cvq-train does.
+
+It is also the oracle for cvq-train's gradients: `--gradients FILE` reads the parameters, the
+batch, the loss and every gradient that `cargo run --release -p cvq-train --example gradients
+-- FILE` wrote (f64), recomputes loss and gradients with this model in f64 on the CPU, prints
+the largest relative error of each tensor and exits 1 if one exceeds `--tolerance`
+(`train/bench/gradient-check.sh` runs both).
 """
 import argparse
+import json
 import math
+import sys
 import time
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -56,7 +66,7 @@ class Block(nn.Module):
         bias = self.frame_bias[:, offsets] + mask  # [heads, N, N]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         x = x + self.out(y.transpose(1, 2).reshape(b, n, d))
-        return x + self.down(F.gelu(self.up(self.norm2(x))))
+        return x + self.down(F.gelu(self.up(self.norm2(x)), approximate="tanh"))
 
 
 class Gpt(nn.Module):
@@ -68,8 +78,8 @@ class Gpt(nn.Module):
         self.blocks = nn.ModuleList(Block(d, heads, k, mlp) for _ in range(layers))
         self.norm_out = RMSNorm(d)
         self.head_bias = nn.Parameter(torch.zeros(VOCAB))
-        for p in self.parameters():
-            if p.dim() == 2:
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.endswith("frame_bias"):
                 nn.init.normal_(p, std=0.02)
 
     def forward(self, prev, same, mask, offsets):
@@ -90,6 +100,66 @@ def layout(frames, k, device):
     return mask, dt.clamp(0, k)
 
 
+def read_safetensors(path):
+    """The tensors of a safetensors file as numpy arrays (the format is a little-endian u64
+    header length, a JSON header of dtype, shape and byte offsets, then the data)."""
+    types = {"F64": np.float64, "F32": np.float32, "U32": np.uint32, "I64": np.int64, "U8": np.uint8}
+    raw = open(path, "rb").read()
+    size = int.from_bytes(raw[:8], "little")
+    header, data = json.loads(raw[8:8 + size]), raw[8 + size:]
+    out = {}
+    for name, t in header.items():
+        if name != "__metadata__":
+            start, end = t["data_offsets"]
+            out[name] = np.frombuffer(data[start:end], dtype=types[t["dtype"]]).reshape(t["shape"])
+    return out
+
+
+def torch_name(name):
+    """cvq's parameter name -> this model's ("layers.1.attn.qkv" -> "blocks.1.qkv.weight")."""
+    parts = name.split(".")
+    if parts[0] == "layers":
+        leaf = parts[-1] if parts[-1] in ("frame_bias", "gain") else parts[-1] + ".weight"
+        if leaf == "gain":
+            leaf = parts[2] + ".gain"
+        return f"blocks.{parts[1]}.{leaf}"
+    return {"tok_prev": "tok_prev.weight", "tok_same": "tok_same.weight", "pos": "pos.weight",
+            "norm_out.gain": "norm_out.gain", "head_bias": "head_bias"}[name]
+
+
+def check_gradients(path, tolerance):
+    """Recompute the loss and every gradient of cvq-train's dump in f64; 0 if all agree."""
+    t = read_safetensors(path)
+    layers, width, heads, k, mlp, frames = (int(v) for v in t["spec"])
+    model = Gpt(layers, width, heads, k, mlp).double()
+    params = dict(model.named_parameters())
+    names = sorted(n[len("param."):] for n in t if n.startswith("param."))
+    assert sorted(torch_name(n) for n in names) == sorted(params), "the two models' parameters differ"
+    with torch.no_grad():
+        for n in names:
+            params[torch_name(n)].copy_(torch.from_numpy(t["param." + n].copy()))
+    ids = {key: torch.from_numpy(t["batch." + key].astype(np.int64)) for key in ("prev", "same", "targets")}
+    scored = torch.from_numpy(t["batch.mask"].copy())
+    mask, offsets = layout(frames, k, "cpu")
+    logits = model(ids["prev"], ids["same"], mask.double(), offsets)
+    nll = F.cross_entropy(logits.reshape(-1, VOCAB), ids["targets"].reshape(-1), reduction="none")
+    loss = (nll * scored.reshape(-1)).sum() / scored.sum()
+    loss.backward()
+    worst = abs(loss.item() - float(t["loss"][0])) / abs(loss.item())
+    print(f"loss: torch {loss.item():.12f}, cvq-train {float(t['loss'][0]):.12f}, relative error {worst:.2e}")
+    print(f"{'tensor':28} {'largest |grad|':>14} {'largest relative error':>23}")
+    for n in names:
+        ours, theirs = params[torch_name(n)].grad.numpy(), t["grad." + n]
+        scale = max(np.abs(ours).max(), 1e-300)
+        error = np.abs(ours - theirs).max() / scale
+        worst = max(worst, error)
+        print(f"{n:28} {scale:14.3e} {error:23.2e}")
+    verdict = "agree" if worst <= tolerance else "DISAGREE"
+    print(f"{layers} x {width}, {heads} heads, K={k}, MLP {mlp}, {frames} frames per window: largest relative "
+          f"error {worst:.2e} (tolerance {tolerance:.0e}): gradients {verdict}")
+    return 0 if worst <= tolerance else 1
+
+
 def main():
     a = argparse.ArgumentParser()
     for name, default in [("layers", 2), ("width", 128), ("heads", 4), ("context-frames", 2), ("mlp-width", 512),
@@ -97,7 +167,13 @@ def main():
         a.add_argument("--" + name, type=int, default=default)
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--compile", action="store_true", help="torch.compile the model")
+    a.add_argument("--gradients", metavar="FILE", help="check cvq-train's gradients in FILE (see above) instead")
+    a.add_argument("--tolerance", type=float, default=1e-5,
+                   help="largest relative error per tensor for --gradients (default 1e-5: candle's GELU "
+                        "backward uses 6-digit constants, relative error ~1e-6)")
     args = a.parse_args()
+    if args.gradients:
+        sys.exit(check_gradients(args.gradients, args.tolerance))
     dev = torch.device(args.device)
     torch.manual_seed(1)
     k = args.context_frames
