@@ -1,10 +1,15 @@
-//! Export: the trained float model rounded to the runtime's int8 safetensors weights.
+//! Export: the trained float model rounded to the runtime's int8 safetensors weights; and
+//! back (`import`), for measurements on an exported model in float.
 
 use crate::model::{Gpt, Matrix};
-use anyhow::Result;
-use candle_core::Tensor;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use cvq::model::spec::Kind;
 use cvq::model::weights::{Layer, Linear};
 use cvq::model::Weights;
+use safetensors::SafeTensors;
+use std::path::Path;
 
 /// Round a matrix to int8 with one scale per row (`max |row| / 127`), rows `[..fold_rows]`
 /// first multiplied by `fold` (the query rows take the attention's 1/sqrt(head_dim)).
@@ -57,4 +62,38 @@ pub fn export(model: &Gpt) -> Result<Weights> {
     };
     // Through the file format, so the hash is the one a loaded file gets.
     Weights::from_bytes(&w.to_bytes()?)
+}
+
+/// An int8 weights file as a float model (f32) with its parameters in `vm`: int8 matrices
+/// times their row scales, the query rows without the 1/sqrt(head_dim) that export folded
+/// into them.
+pub fn import(path: &Path, vm: &VarMap, device: &Device) -> Result<Gpt> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let w = Weights::from_bytes(&bytes).with_context(|| format!("{}: not valid cvq weights", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)?;
+    let f32s = |name: &str| -> Result<Vec<f32>> {
+        let data = st.tensor(name)?.data().to_vec();
+        Ok(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    let model = Gpt::new(w.spec, vm, device, 0, DType::F32)?;
+    let vars = Gpt::vars(vm);
+    let unfold = (w.spec.head_dim() as f32).sqrt();
+    for (name, shape, kind) in w.spec.tensors() {
+        let values: Vec<f32> = match kind {
+            Kind::F32 => f32s(&name)?,
+            Kind::Int8Rows => {
+                let (scales, cols) = (f32s(&format!("{name}.scale"))?, shape[1]);
+                let folded = if name.ends_with("attn.qkv") { w.spec.width } else { 0 };
+                let rows = st.tensor(&name)?.data().chunks_exact(cols).zip(scales).enumerate();
+                rows.flat_map(|(r, (row, s))| {
+                    let s = if r < folded { s * unfold } else { s };
+                    row.iter().map(move |&v| f32::from(v as i8) * s)
+                })
+                .collect()
+            }
+        };
+        let var = &vars.iter().find(|(n, _)| *n == name).with_context(|| format!("no parameter {name}"))?.1;
+        var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+    }
+    Ok(model)
 }
