@@ -185,6 +185,18 @@ enum Command {
     Synth {
         #[command(flatten)]
         weights: WeightsOpt,
+        /// Moving noise instead of the network's samples: each frame is the previous one moved
+        /// by the segment's offset (wrapping around), and --noise of the tokens are uniform.
+        /// Only attention that learns where to look predicts it.
+        #[arg(long, conflicts_with = "weights")]
+        motion: bool,
+        /// With --motion: the share of tokens drawn uniformly instead of moved.
+        #[arg(long, requires = "motion", default_value_t = 0.1)]
+        noise: f64,
+        /// With --motion: every segment moves by DR,DC rows and columns a frame (e.g. 1,1);
+        /// otherwise each segment draws its own offset in -1..=1 x -1..=1.
+        #[arg(long, requires = "motion", value_parser = parse_shift, allow_hyphen_values = true)]
+        shift: Option<(i32, i32)>,
         /// How many segments.
         #[arg(long, default_value_t = 8)]
         segments: usize,
@@ -402,12 +414,40 @@ pub fn main() -> Result<()> {
             let models = predictors.iter().map(|p| Ok(p.load(&weights)?.0)).collect::<Result<Vec<_>>>()?;
             plot::run(&input, &models, &output, force)
         }
-        Command::Synth { weights, segments, frames, seed, output, manifest, run } => with_threads(run.threads, || {
-            let plan =
-                synth::Plan { segments, frames, seed, dir: &output, manifest: manifest.as_deref(), force: run.force };
-            synth::run(&weights.load()?, &plan)
-        }),
+        Command::Synth { weights, motion, noise, shift, segments, frames, seed, output, manifest, run } => {
+            with_threads(run.threads, || {
+                ensure!((0.0..=1.0).contains(&noise), "--noise must be in 0..=1, not {noise}");
+                let generator = if motion {
+                    synth::Generator::Motion { noise, shift }
+                } else {
+                    synth::Generator::Neural(weights.load()?)
+                };
+                let plan = synth::Plan {
+                    generator,
+                    segments,
+                    frames,
+                    seed,
+                    dir: &output,
+                    manifest: manifest.as_deref(),
+                    force: run.force,
+                };
+                synth::run(&plan)
+            })
+        }
     }
+}
+
+/// `--shift DR,DC`: rows and columns, each -8..=8.
+fn parse_shift(text: &str) -> Result<(i32, i32)> {
+    let parse = |s: Option<&str>| -> Result<i32> {
+        let v: i32 = s.context("expected DR,DC")?.trim().parse().context("expected DR,DC, two integers")?;
+        ensure!((-8..=8).contains(&v), "a shift of {v} is more than a frame's height");
+        Ok(v)
+    };
+    let mut parts = text.split(',');
+    let shift = (parse(parts.next())?, parse(parts.next())?);
+    ensure!(parts.next().is_none(), "expected DR,DC, two integers");
+    Ok(shift)
 }
 
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
