@@ -10,6 +10,7 @@ mod synth;
 
 use crate::archive::{self, Archive, CodedSegment};
 use crate::data::shard::read_shard;
+use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
@@ -197,6 +198,11 @@ enum Command {
         /// otherwise each segment draws its own offset in -1..=1 x -1..=1.
         #[arg(long, requires = "motion", value_parser = parse_shift, allow_hyphen_values = true)]
         shift: Option<(i32, i32)>,
+        /// With --motion: token values used, the first N of 1024 (a power of two). A network
+        /// whose output is tied to a 128-wide embedding can model a sharp copy over a uniform
+        /// rest of 64 values but not of 1024.
+        #[arg(long, requires = "motion", default_value_t = 1024)]
+        alphabet: usize,
         /// How many segments.
         #[arg(long, default_value_t = 8)]
         segments: usize,
@@ -414,11 +420,15 @@ pub fn main() -> Result<()> {
             let models = predictors.iter().map(|p| Ok(p.load(&weights)?.0)).collect::<Result<Vec<_>>>()?;
             plot::run(&input, &models, &output, force)
         }
-        Command::Synth { weights, motion, noise, shift, segments, frames, seed, output, manifest, run } => {
+        Command::Synth { weights, motion, noise, shift, alphabet, segments, frames, seed, output, manifest, run } => {
             with_threads(run.threads, || {
                 ensure!((0.0..=1.0).contains(&noise), "--noise must be in 0..=1, not {noise}");
+                ensure!(
+                    alphabet.is_power_of_two() && alphabet <= 1024,
+                    "--alphabet must be a power of two up to 1024, not {alphabet}"
+                );
                 let generator = if motion {
-                    synth::Generator::Motion { noise, shift }
+                    synth::Generator::Motion(Motion { noise, shift, alphabet })
                 } else {
                     synth::Generator::Neural(weights.load()?)
                 };

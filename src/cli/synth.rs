@@ -5,7 +5,7 @@
 //! network can only learn with attention that learns where to look.
 
 use super::files;
-use crate::data::synthetic::{motion, splitmix, MOTION_SHIFT};
+use crate::data::synthetic::{splitmix, Motion, MOTION_SHIFT};
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::predict::{hex, transformer::Transformer, Learning, Model};
 use anyhow::{ensure, Result};
@@ -17,9 +17,8 @@ use std::sync::Arc;
 pub enum Generator {
     /// Sampled from the network.
     Neural(Arc<Transformer>),
-    /// Each segment's frames move by `shift`, or by an offset drawn for the segment; `noise`
-    /// of the tokens are uniform.
-    Motion { noise: f64, shift: Option<(i32, i32)> },
+    /// Moving noise.
+    Motion(Motion),
 }
 
 pub struct Plan<'a> {
@@ -97,11 +96,11 @@ pub fn run(plan: &Plan) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?
                 .concat()
         }
-        Generator::Motion { noise, shift } => indices
+        Generator::Motion(motion) => indices
             .par_iter()
             .map(|&i| {
                 let (mut state, name) = source(plan.seed, i);
-                let (seg, offset, bits) = motion(&name, plan.frames, *noise, *shift, &mut || splitmix(&mut state));
+                let (seg, offset, bits) = motion.segment(&name, plan.frames, &mut || splitmix(&mut state));
                 let row = write(name, seg.tokens, bits, serde_json::json!({ "offset": [offset.0, offset.1] }));
                 bar.inc(1);
                 row
@@ -114,10 +113,14 @@ pub fn run(plan: &Plan) -> Result<()> {
     if let Some(m) = plan.manifest {
         let generator = match &plan.generator {
             Generator::Neural(t) => serde_json::json!({ "generator": "neural", "weights": hex(&t.hash) }),
-            Generator::Motion { noise, shift } => serde_json::json!({
+            Generator::Motion(m) => serde_json::json!({
                 "generator": "motion",
-                "noise": (noise.clamp(0.0, 1.0) * (1u64 << 24) as f64).round() / (1u64 << 24) as f64,
-                "shift": shift.map_or(serde_json::json!(format!("drawn per segment, up to {MOTION_SHIFT}")), |s| serde_json::json!([s.0, s.1])),
+                "noise": m.noise(),
+                "alphabet": m.alphabet,
+                "shift": m.shift.map_or(
+                    serde_json::json!(format!("drawn per segment, up to {MOTION_SHIFT}")),
+                    |s| serde_json::json!([s.0, s.1])
+                ),
             }),
         };
         let mut manifest = serde_json::json!({
