@@ -5,6 +5,7 @@
 # Usage: scripts/train-sweep.sh CVQ_TRAIN OUTDIR RECIPES [COMMON ARGS...]
 #   RECIPES: a file of lines `NAME ARGS...` (# starts a comment); each run gets COMMON ARGS,
 #   then its own ARGS, and writes OUTDIR/NAME.safetensors and OUTDIR/NAME.log.
+#   JOBS=N runs at most N at once (default: all; on a 2-core CPU, JOBS=1).
 #
 # On a machine without a CUDA toolkit, LD_LIBRARY_PATH must reach the driver's libcuda.so.1
 # and CUDA 13's libcudart, libcublas(Lt), and libcurand: `cuda_libs` below finds
@@ -30,18 +31,20 @@ if [ "${CVQ_FIND_CUDA:-0}" = 1 ]; then
     export LD_LIBRARY_PATH
 fi
 
+failed=0
 names=()
 while read -r name args; do
     case "$name" in ''|'#'*) continue ;; esac
+    while [ "${JOBS:-0}" -gt 0 ] && [ "$(jobs -rp | wc -l)" -ge "${JOBS:-0}" ]; do
+        wait -n || failed=$((failed + 1))
+    done
     # shellcheck disable=SC2086 # a recipe's arguments are words
     "$bin" "$@" $args -o "$out/$name.safetensors" >"$out/$name.log" 2>&1 &
     names+=("$name")
 done <"$recipes"
-echo "train-sweep: ${#names[@]} runs started"
+echo "train-sweep: all ${#names[@]} runs started"
 
-failed=0
-wait_all() { local pid; for pid in $(jobs -p); do wait "$pid" || failed=$((failed + 1)); done; }
-wait_all
+for pid in $(jobs -p); do wait "$pid" || failed=$((failed + 1)); done
 for name in "${names[@]}"; do
     printf '%-12s %s\n' "$name" "$(tr '\r' '\n' <"$out/$name.log" | grep -v '^\s*$' | tail -1)"
 done

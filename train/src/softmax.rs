@@ -5,10 +5,11 @@
 //! the keys and the frame bias, and the attention never learns. candle-nn's composed `softmax`
 //! has a backward but keeps several score-sized tensors alive for it (3x slower, 2.5x the
 //! memory on the challenge preset's CPU step). This op computes the forward in one pass and
-//! keeps only its output for the backward, `dx = y * (dy - sum(dy * y))`.
+//! keeps only its output for the backward, `dx = y * (dy - sum(dy * y))`, fused on the CPU
+//! too (composed, that formula allocates three more score-sized tensors per layer).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 use num_traits::Float;
 use rayon::prelude::*;
 
@@ -104,8 +105,44 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        if y.device().is_cpu() {
+            return Ok(Some(y.apply_op2_no_bwd(&dy.contiguous()?, &Gradient)?));
+        }
         let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((dy.broadcast_sub(&dot)? * y)?))
+    }
+}
+
+/// The softmax's input gradient from its output `y` and output gradient `dy`, one pass per row.
+struct Gradient;
+
+fn gradient_rows<T: Float + Send + Sync>(y: &[T], dy: &[T], len: usize) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    dx.par_chunks_mut(len).zip(y.par_chunks(len).zip(dy.par_chunks(len))).for_each(|(dx, (y, dy))| {
+        let dot = y.iter().zip(dy).fold(T::zero(), |s, (&y, &dy)| s + y * dy);
+        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = y * (dy - dot);
+        }
+    });
+    dx
+}
+
+impl CustomOp2 for Gradient {
+    fn name(&self) -> &'static str {
+        "cvq-softmax-gradient"
+    }
+
+    fn cpu_fwd(&self, y: &CpuStorage, yl: &Layout, dy: &CpuStorage, dyl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (Some((ys, ye)), Some((ds, de))) = (yl.contiguous_offsets(), dyl.contiguous_offsets()) else {
+            candle_core::bail!("softmax gradient: the inputs must be contiguous")
+        };
+        let len = yl.dims().last().copied().unwrap_or(1).max(1);
+        let out = match (y, dy) {
+            (CpuStorage::F32(y), CpuStorage::F32(dy)) => CpuStorage::F32(gradient_rows(&y[ys..ye], &dy[ds..de], len)),
+            (CpuStorage::F64(y), CpuStorage::F64(dy)) => CpuStorage::F64(gradient_rows(&y[ys..ye], &dy[ds..de], len)),
+            _ => candle_core::bail!("softmax gradient: {:?} is not supported (f32 or f64)", y.dtype()),
+        };
+        Ok((out, yl.shape().clone()))
     }
 }
 
