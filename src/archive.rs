@@ -63,12 +63,13 @@ impl Archive<'_> {
         &self.bytes[e.payload.clone()]
     }
 
-    /// Check segment `i`'s payload against its checksum.
+    /// Check segment `i`'s payload against its checksum (messages count segments from 1).
     pub fn check_payload(&self, i: usize) -> Result<()> {
         let e = &self.entries[i];
         ensure!(
             crc32fast::hash(self.payload(e)) == e.payload_checksum,
-            "segment {i} ({}): payload is damaged (payload checksum mismatch)",
+            "segment {} ({}): payload is damaged (payload checksum mismatch)",
+            i + 1,
             e.name
         );
         Ok(())
@@ -308,7 +309,7 @@ mod tests {
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         let err = format!("{:#}", parse(&flipped).err().unwrap());
-        assert_eq!(err, "segment 1 (b): payload is damaged (payload checksum mismatch)");
+        assert_eq!(err, "segment 2 (b): payload is damaged (payload checksum mismatch)");
         let mut old = bytes.clone();
         old[4] = 1;
         assert!(format!("{:#}", parse(&old).err().unwrap()).contains("format version 1 is not supported"));

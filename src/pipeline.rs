@@ -60,7 +60,8 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
     let entries: Vec<&archive::Entry> = indices.iter().map(|&i| &archive.entries[i]).collect();
     let counts: Vec<usize> = entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).collect();
     let payloads: Vec<&[u8]> = entries.iter().map(|e| archive.payload(e)).collect();
-    // `archive::parse` checked every header against its entry and every payload's checksum.
+    // The index was parsed (every header checked against its entry) and the callers checked
+    // these payloads' checksums (`archive::parse` or `Archive::check_payload`).
     let decoded = code::decode(&mut model.batch(&counts), &payloads, &counts);
     indices
         .iter()
@@ -74,7 +75,7 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
                 );
                 Ok(Segment { name: e.name.clone(), header: archive.headers[e.header].to_vec(), tokens })
             });
-            segment.with_context(|| format!("segment {i} ({})", e.name))
+            segment.with_context(|| format!("segment {} ({})", i + 1, e.name))
         })
         .collect()
 }

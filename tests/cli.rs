@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn cvq(args: &[&str]) -> Output {
@@ -355,10 +355,119 @@ fn list_and_test_read_an_archive_without_writing() {
     assert_eq!(t.status.code(), Some(1));
     let err = stderr(&t);
     for i in [0, 2] {
-        assert!(err.contains(&format!("segment {i} ({}): payload is damaged", names[i])), "{err}");
+        assert!(err.contains(&format!("segment {} ({}): payload is damaged", i + 1, names[i])), "{err}");
     }
     assert!(err.contains("2 of 3 segments damaged"), "{err}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 3, "test writes nothing");
+}
+
+/// Compress `dataset_dir` with the context mixer into `a.cvq` and flip one byte in the middle
+/// of segment `damage`'s payload (if any); returns the names and the archive.
+fn damaged_archive(tmp: &Path, damage: Option<usize>) -> (Vec<String>, PathBuf) {
+    let input = tmp.join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.join("a.cvq");
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--predictor", "context-mix"]).status.success());
+    if let Some(i) = damage {
+        let mut bytes = std::fs::read(&archive).unwrap();
+        let range = cvq::archive::parse(&bytes).unwrap().entries[i].payload.clone();
+        bytes[(range.start + range.end) / 2] ^= 0x20;
+        std::fs::write(&archive, &bytes).unwrap();
+    }
+    (names, archive)
+}
+
+#[test]
+fn damage_is_local_every_intact_segment_is_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (names, archive) = damaged_archive(tmp.path(), Some(1));
+    let out = tmp.path().join("out");
+    let d = cvq(&["decompress", p(&archive), "-o", p(&out)]);
+    assert_eq!(d.status.code(), Some(1), "{}", stderr(&d));
+    let err = stderr(&d);
+    assert!(err.contains(&format!("damaged: segment 2 ({}): payload is damaged", names[1])), "{err}");
+    assert!(err.contains("1 of 3 segments damaged (named above), the other 2 restored"), "{err}");
+    assert!(!out.join(&names[1]).exists(), "nothing is written for the damaged segment");
+    for i in [0, 2] {
+        let original = std::fs::read(tmp.path().join("in").join(&names[i])).unwrap();
+        assert_eq!(std::fs::read(out.join(&names[i])).unwrap(), original, "{}", names[i]);
+    }
+    // A part without the damaged segment restores cleanly; the part with it restores the rest.
+    let part = |i: &str| cvq(&["decompress", p(&archive), "-o", p(&tmp.path().join(i)), "--part", i]);
+    assert!(part("1/3").status.success() && part("3/3").status.success());
+    let middle = part("2/3");
+    assert_eq!(middle.status.code(), Some(1));
+    assert!(stderr(&middle).contains("1 of 1 segment damaged"), "{}", stderr(&middle));
+    // test names the same segment.
+    let t = cvq(&["test", p(&archive)]);
+    assert_eq!(t.status.code(), Some(1));
+    assert!(stderr(&t).contains(&format!("segment 2 ({})", names[1])), "{}", stderr(&t));
+    assert!(stderr(&t).contains("1 of 3 segments damaged (named above), the other 2 tested"), "{}", stderr(&t));
+}
+
+#[test]
+fn skip_existing_keeps_only_files_that_hold_their_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (names, archive) = damaged_archive(tmp.path(), None);
+    let out = tmp.path().join("out");
+    let decompress = |extra: &[&str]| cvq(&[&["decompress", p(&archive), "-o", p(&out)], extra].concat());
+    assert!(decompress(&[]).status.success());
+    // An interrupted run: one file missing, one with the right header and wrong tokens.
+    std::fs::remove_file(out.join(&names[0])).unwrap();
+    let mut wrong = std::fs::read(out.join(&names[1])).unwrap();
+    *wrong.last_mut().unwrap() ^= 1;
+    std::fs::write(out.join(&names[1]), &wrong).unwrap();
+    let kept = std::fs::metadata(out.join(&names[2])).unwrap().modified().unwrap();
+
+    let refused = decompress(&[]);
+    assert!(stderr(&refused).contains("already exists (use --force"), "{}", stderr(&refused));
+    let refused = decompress(&["--skip-existing"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let expected = format!("{}: already exists and does not hold segment {}", out.join(&names[1]).display(), names[1]);
+    assert!(stderr(&refused).contains(&expected), "{}", stderr(&refused));
+    assert!(!out.join(&names[0]).exists(), "refused before any write");
+
+    let resumed = decompress(&["--skip-existing", "--force"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("kept 1 file already restored"), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("decompressed 2 segments"), "{}", stderr(&resumed));
+    for name in &names {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), std::fs::read(tmp.path().join("in").join(name)).unwrap());
+    }
+    assert_eq!(std::fs::metadata(out.join(&names[2])).unwrap().modified().unwrap(), kept, "kept, not rewritten");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_signal_during_a_write_leaves_no_temporary_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, archive) = damaged_archive(tmp.path(), None);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let temporary = || {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("cvq-tmp"))
+            .count()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cvq"))
+        .args(["decompress", p(&archive), "-o", p(&out)])
+        .env("CVQ_TEST_PAUSE_BEFORE_RENAME", "20000")
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while temporary() == 0 {
+        assert!(start.elapsed().as_secs() < 30, "no temporary file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sends SIGINT to the child, as Ctrl-C would.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert!(start.elapsed().as_secs() < 15, "the signal ended the run at once");
+    assert_eq!(temporary(), 0, "the temporary file was removed");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "and nothing else was written");
 }
 
 #[test]

@@ -37,7 +37,7 @@ fn clip_round_trips_and_matches_golden_hash() {
     let mut damaged = bytes.clone();
     damaged[bytes.len() / 2] ^= 0x10;
     let err = format!("{:#}", decompress_segments(&damaged, m.transformer()).unwrap_err());
-    assert_eq!(err, "segment 0 (clip.npy): payload is damaged (payload checksum mismatch)");
+    assert_eq!(err, "segment 1 (clip.npy): payload is damaged (payload checksum mismatch)");
 }
 
 /// Last changed by cvq 0.4's 2^18-counter tables in the context mixer (issue 12: half the

@@ -74,7 +74,7 @@ fn damaged_payloads_name_the_segment_and_never_panic() {
         let mut bad = bytes.clone();
         bad[pos] ^= 0x40;
         let err = format!("{:#}", decompress_segments(&bad, None).unwrap_err());
-        assert!(err.contains("segment 1 (second): payload is damaged"), "{err}");
+        assert!(err.contains("segment 2 (second): payload is damaged"), "{err}");
     }
     // Truncation anywhere is an error, never a panic.
     for cut in (0..bytes.len()).step_by(61) {

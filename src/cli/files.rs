@@ -5,6 +5,7 @@ use anyhow::{ensure, Context, Result};
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Expand inputs: files as given, directories to their files in name order (and their
 /// subdirectories' files with `recursive`; otherwise those are skipped with a note). `-`
@@ -163,10 +164,9 @@ pub fn parent(path: &Path) -> &Path {
 /// from permission bits, which neither root nor read-only mounts follow).
 fn check_dir_writable(dir: &Path) -> Result<()> {
     ensure!(dir.is_dir(), "{}: no such directory", dir.display());
-    let probe = dir.join(format!(".cvq-probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
+    let probe = Temporary::new(dir.join(format!(".cvq-probe-{}", std::process::id())));
+    std::fs::File::create(&probe.0)
         .with_context(|| format!("{}: cannot create files in this directory", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 
@@ -243,18 +243,83 @@ fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     let target = resolve(path, force)?;
     check_target(&target, force)?;
     let name = target.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = parent(&target).join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp =
+        Temporary::new(parent(&target).join(format!(".{}.cvq-tmp-{}", name.to_string_lossy(), std::process::id())));
     let result = (|| -> Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::File::create(&tmp.0)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &target)?;
+        pause_for_tests();
+        std::fs::rename(&tmp.0, &target)?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
     result.with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// A test hook: `CVQ_TEST_PAUSE_BEFORE_RENAME=MS` holds each written temporary file for MS
+/// milliseconds, so that a test can interrupt a write (tests/cli.rs).
+fn pause_for_tests() {
+    if let Some(ms) = std::env::var("CVQ_TEST_PAUSE_BEFORE_RENAME").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// The temporary files being written, for `remove_temporary_files_on_signals`.
+static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// A temporary file's name, registered while it lives; dropped, the file is removed (after a
+/// rename there is nothing left to remove).
+struct Temporary(PathBuf);
+
+impl Temporary {
+    fn new(path: PathBuf) -> Temporary {
+        TEMPORARY.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
+        Temporary(path)
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        let mut live = TEMPORARY.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|p| p != &self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Make SIGINT, SIGTERM and SIGHUP remove every temporary file before the process dies of
+/// them, so that an interrupted run leaves no half-written file behind. Call it before any
+/// other thread exists: the signals are blocked in every thread (new ones inherit the mask)
+/// and one thread waits for them, where taking a lock and removing files is safe (a signal
+/// handler could do neither).
+#[cfg(unix)]
+pub fn remove_temporary_files_on_signals() {
+    // SAFETY: plain libc calls on a sigset_t owned here.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: waits for one of the blocked signals.
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            return;
+        }
+        for tmp in TEMPORARY.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        // Die of the signal as if it had not been caught: the shell sees 128 + its number.
+        // SAFETY: restores the default action and unblocks the signal in this thread only.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(signal);
+        }
+    });
 }
 
 /// Memory available to new work, if the system says: Linux's MemAvailable, or less where a

@@ -99,6 +99,10 @@ enum Command {
         weights: WeightsOpt,
         #[command(flatten)]
         run: RunOpts,
+        /// Keep an output file that already holds its segment byte for byte (checked against
+        /// the archive's token checksum) and restore the rest: how an interrupted run goes on.
+        #[arg(long)]
+        skip_existing: bool,
     },
     /// Write the segments of dataset shards (.tar.gz) as the dataset's original .npy files,
     /// named as the grader names them: the originals that scripts/evaluate.sh compares with.
@@ -341,6 +345,12 @@ struct RunOpts {
     force: bool,
 }
 
+/// What decompress does with existing output files.
+struct Restore {
+    force: bool,
+    skip_existing: bool,
+}
+
 #[derive(Args)]
 struct VerifyOpt {
     /// Decode the whole archive before writing it, and fail unless every segment comes back
@@ -379,6 +389,8 @@ fn detail(line: impl std::fmt::Display) {
 }
 
 pub fn main() -> Result<()> {
+    #[cfg(unix)]
+    files::remove_temporary_files_on_signals();
     let cli = Cli::parse();
     let _ = LEVEL.set(match (cli.quiet, cli.verbose) {
         (true, _) => Level::Quiet,
@@ -398,8 +410,9 @@ pub fn main() -> Result<()> {
             let (archive, tokens) = build_archive(&inputs, None, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
-        Command::Decompress { archive, output, part, weights, run } => {
-            with_threads(run.threads, || decompress(&archive, &output, part, &weights, run.force))
+        Command::Decompress { archive, output, part, weights, run, skip_existing } => {
+            let restore = Restore { force: run.force, skip_existing };
+            with_threads(run.threads, || decompress(&archive, &output, part, &weights, &restore))
         }
         Command::Extract { shards, output, force } => extract(&shards, &output, force),
         Command::Merge { archives, output, force } => part::merge(&archives, &output, force),
@@ -589,10 +602,11 @@ fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
     archive_model(archive, neural.as_ref())
 }
 
-fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &WeightsOpt, force: bool) -> Result<()> {
+fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &WeightsOpt, run: &Restore) -> Result<()> {
     let at = || files::shown(archive_path, "stdin");
     let bytes = files::read_all(archive_path)?;
-    let archive = archive::parse(&bytes).with_context(at)?;
+    // The index only: a damaged payload costs its own segment, checked as it is decoded.
+    let archive = archive::parse_index(&bytes).with_context(at)?;
     let model = model_of(&archive, weights).with_context(at)?;
     let all: Vec<usize> = (0..archive.entries.len()).collect();
     let chosen = match part {
@@ -606,25 +620,54 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
         files::output_dir(out)?;
     }
     let target = |i: usize| if files::is_std(out) { out.to_path_buf() } else { out.join(&archive.entries[i].name) };
+    let mut todo = vec![];
     for &i in &chosen {
-        files::check_output(&target(i), force)?;
+        if run.skip_existing && !files::is_std(out) {
+            if holds(&target(i), &archive, i) {
+                continue;
+            }
+            let t = target(i);
+            ensure!(
+                run.force || !t.exists(),
+                "{}: already exists and does not hold segment {} (use --force to replace it)",
+                t.display(),
+                archive.entries[i].name
+            );
+        }
+        files::check_output(&target(i), run.force)?;
+        todo.push(i);
+    }
+    if todo.len() < chosen.len() {
+        note(format_args!("kept {} already restored (--skip-existing)", count(chosen.len() - todo.len(), "file")));
     }
     let start = Instant::now();
-    decode_all(&archive, &model, "decompress", &chosen, |i, seg| {
-        let seg = seg?;
-        files::write_output(&target(i), &seg.to_npy_bytes()?, force)?;
+    let damaged = decode_intact(&archive, &model, "decompress", &todo, |i, seg| {
+        files::write_output(&target(i), &seg.to_npy_bytes()?, run.force)?;
         detail(format_args!("{}: {}, restored", target(i).display(), count(seg.frames(), "frame")));
         Ok(())
     })
     .with_context(at)?;
-    let tokens = chosen.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).sum();
+    let restored: Vec<usize> = todo.iter().copied().filter(|i| !damaged.iter().any(|d| d.0 == *i)).collect();
+    let tokens = restored.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).sum();
     // A part is measured by its own payloads, the whole archive by all its bytes.
     let (stored, what) = match part {
-        Some(_) => (chosen.iter().map(|&i| archive.entries[i].payload.len()).sum(), "payload"),
+        Some(_) => (restored.iter().map(|&i| archive.entries[i].payload.len()).sum(), "payload"),
         None => (bytes.len(), "archive"),
     };
-    note(summary("decompressed", chosen.len(), tokens, stored, what, Some(start.elapsed().as_secs_f64())));
-    Ok(())
+    note(summary("decompressed", restored.len(), tokens, stored, what, Some(start.elapsed().as_secs_f64())));
+    check_damaged(&at(), damaged, todo.len(), "restored")
+}
+
+/// Whether the file at `path` exists and holds segment `i` of `archive` exactly as decompress
+/// writes it: its header, its tokens (the archive's token checksum) and nothing else.
+fn holds(path: &Path, archive: &Archive, i: usize) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let e = &archive.entries[i];
+    crate::data::npy::parse_segment(e.name.clone(), &bytes).is_ok_and(|seg| {
+        seg.header == archive.headers[e.header]
+            && archive::token_checksum(&seg.tokens) == e.checksum
+            && seg.to_npy_bytes().is_ok_and(|b| b == bytes)
+    })
 }
 
 /// Write every segment of `shards` into `dir` under its dataset name, each file whole and
@@ -690,31 +733,55 @@ fn test(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
     let archive = archive::parse_index(&bytes).with_context(at)?;
     let model = model_of(&archive, weights).with_context(at)?;
     let start = Instant::now();
-    let mut damaged: Vec<(usize, anyhow::Error)> = vec![];
-    let mut intact = vec![];
-    for i in 0..archive.entries.len() {
-        match archive.check_payload(i) {
-            Ok(()) => intact.push(i),
-            Err(e) => damaged.push((i, e)),
-        }
-    }
-    let failed = std::sync::Mutex::new(vec![]);
-    decode_all(&archive, &model, "test", &intact, |i, seg| {
-        if let Err(e) = seg {
-            failed.lock().expect("no panic while held").push((i, e));
-        }
-        Ok(())
-    })?;
-    damaged.extend(failed.into_inner().expect("no panic while held"));
-    damaged.sort_by_key(|d| d.0);
-    for (_, e) in &damaged {
-        eprintln!("cvq: damaged: {e:#}");
-    }
+    let all: Vec<usize> = (0..archive.entries.len()).collect();
+    let damaged = decode_intact(&archive, &model, "test", &all, |_, _| Ok(()))?;
     let n = archive.entries.len();
-    ensure!(damaged.is_empty(), "{}: {} of {} damaged", at(), damaged.len(), count(n, "segment"));
+    check_damaged(&at(), damaged, n, "tested")?;
     let tokens = archive.entries.iter().map(|e| e.frames * TOKENS_PER_FRAME).sum();
     note(summary("tested", n, tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
     note("every segment decodes to its token checksum");
+    Ok(())
+}
+
+/// Decode the entries `indices` of `archive`, handing each intact segment to `sink`; returns
+/// the damaged ones (payload checksum, decoding or token checksum), by index with the error.
+/// Every segment is an independent stream: damage to one never costs another.
+fn decode_intact(
+    archive: &Archive,
+    model: &Model,
+    what: &str,
+    indices: &[usize],
+    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
+) -> Result<Vec<(usize, anyhow::Error)>> {
+    let (intact, bad): (Vec<usize>, Vec<usize>) = indices.iter().partition(|&&i| archive.check_payload(i).is_ok());
+    let damaged = std::sync::Mutex::new(
+        bad.into_iter().map(|i| (i, archive.check_payload(i).expect_err("checked"))).collect::<Vec<_>>(),
+    );
+    decode_all(archive, model, what, &intact, |i, seg| match seg {
+        Ok(seg) => sink(i, seg),
+        Err(e) => {
+            damaged.lock().expect("no panic while held").push((i, e));
+            Ok(())
+        }
+    })?;
+    let mut damaged = damaged.into_inner().expect("no panic while held");
+    damaged.sort_by_key(|d| d.0);
+    Ok(damaged)
+}
+
+/// Name each damaged segment and fail if there is any, saying that the `n - damaged` others
+/// were `done`.
+fn check_damaged(archive: &str, damaged: Vec<(usize, anyhow::Error)>, n: usize, done: &str) -> Result<()> {
+    for (_, e) in &damaged {
+        eprintln!("cvq: damaged: {e:#}");
+    }
+    ensure!(
+        damaged.is_empty(),
+        "{archive}: {} of {} damaged (named above), the other {} {done}",
+        damaged.len(),
+        count(n, "segment"),
+        n - damaged.len()
+    );
     Ok(())
 }
 
