@@ -80,6 +80,20 @@ pub fn inputs(paths: &[PathBuf], recursive: bool, stdin_name: Option<&str>) -> R
     Ok(out)
 }
 
+/// The first `n` bytes of the regular file at `path` (fewer if it is shorter); None for what
+/// is not a regular file: a stream, which looking ahead would consume, or a missing path,
+/// which its reader reports.
+pub fn head(path: &Path, n: usize) -> Result<Option<Vec<u8>>> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let mut head = vec![];
+    std::fs::File::open(path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut head))
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Some(head))
+}
+
 /// A segment to code: an .npy file, read when its turn comes, or one from a dataset shard.
 pub enum Input {
     File(PathBuf),

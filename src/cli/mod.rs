@@ -1,6 +1,7 @@
 //! The `cvq` command line: thin glue over the library.
 
 mod bench;
+mod extract;
 mod files;
 mod pack;
 mod part;
@@ -9,7 +10,6 @@ mod plot;
 mod synth;
 
 use crate::archive::{self, Archive, CodedSegment};
-use crate::data::shard::read_shard;
 use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
@@ -103,6 +103,9 @@ enum Command {
     /// Write the segments of dataset shards (.tar.gz) as the dataset's original .npy files,
     /// named as the grader names them: the originals that scripts/evaluate.sh compares with.
     Extract {
+        /// Dataset shards (.tar.gz of `<key>.token.npy` and `<key>.json`, as in commaai/commavq).
+        /// Every target is checked before the first file is written: a name two members give
+        /// and an existing file without --force are refused, and nothing is written.
         #[arg(required = true)]
         shards: Vec<PathBuf>,
         /// Directory to write the files into (created if missing).
@@ -401,7 +404,7 @@ pub fn main() -> Result<()> {
         Command::Decompress { archive, output, part, weights, run } => {
             with_threads(run.threads, || decompress(&archive, &output, part, &weights, run.force))
         }
-        Command::Extract { shards, output, force } => extract(&shards, &output, force),
+        Command::Extract { shards, output, force } => extract::run(&shards, &output, force),
         Command::Merge { archives, output, force } => part::merge(&archives, &output, force),
         Command::List { archive, weights } => list(&archive, &weights),
         Command::Test { archive, weights, threads } => with_threads(threads, || test(&archive, &weights)),
@@ -624,30 +627,6 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
         None => (bytes.len(), "archive"),
     };
     note(summary("decompressed", chosen.len(), tokens, stored, what, Some(start.elapsed().as_secs_f64())));
-    Ok(())
-}
-
-/// Write every segment of `shards` into `dir` under its dataset name, each file whole and
-/// under the overwrite rules (`write_output` applies them; `output_dir` probed the directory).
-fn extract(shards: &[PathBuf], dir: &Path, force: bool) -> Result<()> {
-    files::output_dir(dir)?;
-    let mut written = 0;
-    for shard in shards {
-        read_shard(shard, |seg| {
-            let target = dir.join(&seg.name);
-            files::write_output(&target, &seg.to_npy_bytes()?, force)?;
-            detail(format_args!("{}: {}", target.display(), count(seg.frames(), "frame")));
-            written += 1;
-            Ok(())
-        })
-        .with_context(|| format!("{} segments written before this error", written))?;
-    }
-    note(format_args!(
-        "extracted {} from {} into {}",
-        count(written, "segment"),
-        count(shards.len(), "shard"),
-        dir.display()
-    ));
     Ok(())
 }
 
