@@ -576,3 +576,54 @@ fn extract_points_a_cvq_archive_to_decompress() {
         format!("{}: a cvq archive, not a dataset shard: restore its segments with `cvq decompress`", p(&archive));
     assert!(stderr(&e).contains(&expected), "{}", stderr(&e));
 }
+
+#[test]
+fn hidden_files_are_skipped_and_other_strays_named_before_coding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    std::fs::write(input.join(".DS_Store"), b"\0\0\0\x01Bud1").unwrap();
+    std::fs::create_dir(input.join(".git")).unwrap();
+    let archive = tmp.path().join("a.cvq");
+    let c = cvq(&["compress", "-v", "-r", p(&input), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(stderr(&c).contains(".DS_Store: skipped, hidden"), "{}", stderr(&c));
+    assert!(stderr(&c).contains("compressed 3 segments"), "{}", stderr(&c));
+    let listed = String::from_utf8(cvq(&["list", p(&archive)]).stdout).unwrap();
+    assert!(names.iter().all(|n| listed.contains(n.as_str())) && !listed.contains(".DS_Store"), "{listed}");
+
+    std::fs::write(input.join("notes.txt"), b"segments from the March drive").unwrap();
+    let c = cvq(&["compress", p(&input), "-o", p(&tmp.path().join("b.cvq")), "--predictor", "context-mix"]);
+    assert_eq!(c.status.code(), Some(1));
+    let expected = format!("{}: not a valid token segment: not an .npy file", p(&input.join("notes.txt")));
+    assert!(stderr(&c).contains(&expected), "{}", stderr(&c));
+    assert!(!stderr(&c).contains("compressed"), "refused before coding: {}", stderr(&c));
+}
+
+#[test]
+fn an_output_in_an_input_directory_is_never_read_as_an_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = input.join("a.cvq");
+    let compress = |out: &Path| cvq(&["compress", p(&input), "-o", p(out), "--predictor", "context-mix", "--force"]);
+    let first = compress(&archive);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let bytes = std::fs::read(&archive).unwrap();
+    let again = compress(&archive);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("a.cvq: skipped, the output of this run"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(&archive).unwrap(), bytes, "the same three segments, not the archive as a fourth");
+
+    // Another archive there is no segment: named at once.
+    let other = compress(&input.join("b.cvq"));
+    assert_eq!(other.status.code(), Some(1));
+    assert!(stderr(&other).contains("a.cvq: a cvq archive, not a token segment"), "{}", stderr(&other));
+    // An input given by name as the output would be read and then replaced.
+    let seg = input.join(&names[0]);
+    let original = std::fs::read(&seg).unwrap();
+    let c = cvq(&["compress", p(&seg), "-o", p(&seg), "--force", "--predictor", "context-mix"]);
+    assert_eq!(c.status.code(), Some(1));
+    assert!(stderr(&c).contains("is both an input and the output"), "{}", stderr(&c));
+    assert_eq!(std::fs::read(&seg).unwrap(), original);
+}

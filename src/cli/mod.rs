@@ -228,8 +228,8 @@ enum Command {
 
 #[derive(Args)]
 struct InputOpts {
-    /// .npy segment files, directories of them, dataset shards (.tar.gz), or - for one .npy
-    /// segment on stdin.
+    /// .npy segment files, directories of them (skipping hidden files, named .*, and the
+    /// output), dataset shards (.tar.gz), or - for one .npy segment on stdin.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Also read the files in subdirectories of input directories (otherwise skipped, with a
@@ -242,8 +242,9 @@ struct InputOpts {
 }
 
 impl InputOpts {
-    fn segments(&self) -> Result<Vec<Input>> {
-        files::inputs(&self.inputs, self.recursive, self.name.as_deref())
+    /// The segments to code; `output`, the file the run writes, is never one of them.
+    fn segments(&self, output: Option<&Path>) -> Result<Vec<Input>> {
+        files::inputs(&self.inputs, self.recursive, self.name.as_deref(), output)
     }
 }
 
@@ -391,14 +392,14 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Compress { inputs, output, part, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
-            let (bytes, _) = build_archive(&inputs, part, &model.load()?, verify.verify)?;
+            let (bytes, _) = build_archive(&inputs, &output, part, &model.load()?, verify.verify)?;
             files::write_output(&output, &bytes, run.force)
         }),
         Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
             let decoder = pack::read_decoder(decoder.as_deref())?;
             let (model, weights) = model.load_with_bytes()?;
-            let (archive, tokens) = build_archive(&inputs, None, &model, verify.verify)?;
+            let (archive, tokens) = build_archive(&inputs, &output, None, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
         Command::Decompress { archive, output, part, weights, run } => {
@@ -412,7 +413,7 @@ pub fn main() -> Result<()> {
         Command::Bench { inputs, weights, decoder } => {
             let bytes = weights.bytes()?;
             bench::run(
-                &files::collect_inputs(&inputs, false)?,
+                &files::collect_inputs(&inputs, false, None)?,
                 &weights.parse(&bytes)?,
                 decoder.as_deref(),
                 bytes.len(),
@@ -535,11 +536,17 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
     Ok(coded.concat())
 }
 
-/// Code the segments of `inputs` into an archive; returns it with its token count. The archive
-/// is read back (index, headers, lengths, payload checksums) before it counts as written, and
-/// with `verify` also decoded whole.
-fn build_archive(inputs: &InputOpts, part: Option<Part>, model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
-    let mut inputs = inputs.segments()?;
+/// Code the segments of `inputs` into an archive for `output`; returns it with its token count.
+/// The archive is read back (index, headers, lengths, payload checksums) before it counts as
+/// written, and with `verify` also decoded whole.
+fn build_archive(
+    inputs: &InputOpts,
+    output: &Path,
+    part: Option<Part>,
+    model: &Model,
+    verify: bool,
+) -> Result<(Vec<u8>, usize)> {
+    let mut inputs = inputs.segments(Some(output))?;
     if let Some(part) = part {
         inputs = part.select(inputs, Input::name);
     }
@@ -698,7 +705,7 @@ fn test(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
 }
 
 fn eval(inputs: &InputOpts, model: &Model) -> Result<()> {
-    let inputs = inputs.segments()?;
+    let inputs = inputs.segments(None)?;
     let start = Instant::now();
     let rows: Vec<_> = encode_inputs(&inputs, model, "eval")?
         .into_iter()
