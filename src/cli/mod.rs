@@ -8,6 +8,8 @@ mod part;
 #[cfg(feature = "plot")]
 mod plot;
 mod synth;
+#[cfg(test)]
+mod tests;
 
 use crate::archive::{self, Archive, CodedSegment};
 use crate::data::synthetic::Motion;
@@ -71,6 +73,7 @@ enum Command {
     Pack {
         #[command(flatten)]
         inputs: InputOpts,
+        /// The zip to write.
         #[arg(short, long, default_value = "submission.zip")]
         output: PathBuf,
         /// The xz-compressed static decoder that scripts/build-decoder.sh writes [default:
@@ -117,6 +120,8 @@ enum Command {
     },
     /// Join archives of one model into one, without coding again (names must be unique).
     Merge {
+        /// The archives to join (e.g. the parts of `cvq compress --part`), in the order given;
+        /// - reads one from stdin.
         #[arg(required = true)]
         archives: Vec<PathBuf>,
         /// The archive to write (- for stdout).
@@ -141,7 +146,8 @@ enum Command {
         archive: PathBuf,
         #[command(flatten)]
         weights: WeightsOpt,
-        #[arg(short = 'j', long)]
+        /// Worker threads (default: all cores).
+        #[arg(short = 'j', long, value_parser = parse_threads)]
         threads: Option<usize>,
     },
     /// Report bits per token for each segment without writing anything.
@@ -150,12 +156,14 @@ enum Command {
         inputs: InputOpts,
         #[command(flatten)]
         model: ModelOpts,
-        #[arg(short = 'j', long)]
+        /// Worker threads (default: all cores). The figures never depend on it.
+        #[arg(short = 'j', long, value_parser = parse_threads)]
         threads: Option<usize>,
     },
     /// Compare cvq's predictors with lzma, zstd and zpaq on segments: bits per token and
     /// speed, one table measured in one run, and an estimate of the challenge score.
     Bench {
+        /// .npy segment files or directories of them (not shards), each measured on its own.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         #[command(flatten)]
@@ -169,6 +177,7 @@ enum Command {
     /// position, and the bits of each frame.
     #[cfg(feature = "plot")]
     Plot {
+        /// The .npy segment file to draw.
         input: PathBuf,
         /// The picture to write: .png or .svg.
         #[arg(short, long)]
@@ -212,6 +221,7 @@ enum Command {
         /// Frames per segment.
         #[arg(long, default_value_t = 1200)]
         frames: usize,
+        /// The seed the segments are drawn from: one seed, the same segments on any machine.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Directory for the segments (dataset-style names without extension; created if missing).
@@ -338,7 +348,7 @@ impl ModelOpts {
 #[derive(Args)]
 struct RunOpts {
     /// Worker threads (default: all cores). The output never depends on it.
-    #[arg(short = 'j', long)]
+    #[arg(short = 'j', long, value_parser = parse_threads)]
     threads: Option<usize>,
     /// Replace existing output files.
     #[arg(long)]
@@ -449,6 +459,13 @@ pub fn main() -> Result<()> {
             })
         }
     }
+}
+
+/// `-j N`, N >= 1: rayon takes 0 for all cores, which is what leaving out -j already says.
+fn parse_threads(text: &str) -> Result<usize> {
+    let n: usize = text.parse().context("expected a number of threads")?;
+    ensure!(n >= 1, "at least 1 thread (leave out -j for all cores)");
+    Ok(n)
 }
 
 /// `--shift DR,DC`: rows and columns, each -8..=8.
