@@ -627,3 +627,32 @@ fn an_output_in_an_input_directory_is_never_read_as_an_input() {
     assert!(stderr(&c).contains("is both an input and the output"), "{}", stderr(&c));
     assert_eq!(std::fs::read(&seg).unwrap(), original);
 }
+
+#[test]
+fn segments_are_numbered_from_1_as_part_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--predictor", "context-mix"]).status.success());
+    // The second segment's token checksum is wrong and its payload intact: only decoding finds it.
+    let bytes = std::fs::read(&archive).unwrap();
+    let a = cvq::archive::parse(&bytes).unwrap();
+    let coded: Vec<_> = a
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| cvq::archive::CodedSegment {
+            name: e.name.clone(),
+            header: a.headers[e.header].to_vec(),
+            frames: e.frames,
+            checksum: e.checksum ^ u32::from(i == 1),
+            payload: a.payload(e).to_vec(),
+        })
+        .collect();
+    let forged = tmp.path().join("forged.cvq");
+    std::fs::write(&forged, cvq::archive::write(&a.model_id, &coded)).unwrap();
+    let t = cvq(&["test", p(&forged)]);
+    assert_eq!(t.status.code(), Some(1));
+    assert!(stderr(&t).contains(&format!("segment 2 ({}): token checksum mismatch", names[1])), "{}", stderr(&t));
+}
