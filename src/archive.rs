@@ -141,9 +141,9 @@ pub fn parse_index(bytes: &[u8]) -> Result<Archive<'_>> {
     let mut names = std::collections::HashSet::new();
     let mut offset = 0usize;
     for i in 0..n_segments {
-        let e = r.entry(offset, &headers).with_context(|| format!("index entry of segment {i}"))?;
+        let e = r.entry(offset, &headers).with_context(|| format!("index entry of segment {}", i + 1))?;
         // Segments are restored by name: two of one name would overwrite each other.
-        ensure!(names.insert(e.name.clone()), "index entry of segment {i}: name {:?} is used twice", e.name);
+        ensure!(names.insert(e.name.clone()), "index entry of segment {}: name {:?} is used twice", i + 1, e.name);
         offset = e.payload.end;
         entries.push(e);
     }

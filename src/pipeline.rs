@@ -75,6 +75,7 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
                 );
                 Ok(Segment { name: e.name.clone(), header: archive.headers[e.header].to_vec(), tokens })
             });
+            // Numbered from 1, as `--part` counts.
             segment.with_context(|| format!("segment {} ({})", i + 1, e.name))
         })
         .collect()

@@ -594,3 +594,174 @@ fn archives_of_earlier_releases_are_refused_by_name() {
         assert!(!out.exists(), "nothing is written");
     }
 }
+
+/// Frames `frames` of the real clip as a dataset segment named `name`.
+fn clip_segment(name: &str, frames: std::ops::Range<usize>) -> cvq::data::Segment {
+    let tokens = common::clip().tokens[frames.start * 128..frames.end * 128].to_vec();
+    cvq::data::Segment::int16(name, tokens)
+}
+
+/// A shard as commaai/commavq lays them out: per key a `<key>.json` whose `file_name` names
+/// the segment's file, then its `<key>.token.npy`.
+fn shard(path: &Path, members: &[(&str, &cvq::data::Segment)]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    for (key, seg) in members {
+        let json = serde_json::json!({ "file_name": format!("segments/{}", seg.name) }).to_string();
+        for (member, data) in
+            [(format!("{key}.json"), json.into_bytes()), (format!("{key}.token.npy"), seg.to_npy_bytes().unwrap())]
+        {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, member, &data[..]).unwrap();
+        }
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn extract_refuses_a_name_two_members_give_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs: Vec<_> = (0..4).map(|i| clip_segment(&format!("seg_{}", i.min(2)), 3 * i..3 * i + 3)).collect();
+    let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+    shard(&a, &[("k0", &segs[0]), ("k1", &segs[1])]);
+    // seg_1 again, from another key of another shard.
+    shard(&b, &[("k7", &segs[2]), ("k8", &clip_segment("seg_1", 9..12))]);
+    let out = tmp.path().join("out");
+    for force in [false, true] {
+        let mut args = vec!["extract", p(&a), p(&b), "-o", p(&out)];
+        if force {
+            args.push("--force");
+        }
+        let e = cvq(&args);
+        assert_eq!(e.status.code(), Some(1), "{}", stderr(&e));
+        let expected = format!("{}: member k1.json and {}: member k8.json both name the file \"seg_1\"", p(&a), p(&b));
+        assert!(stderr(&e).contains(&expected), "{}", stderr(&e));
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing is written");
+    }
+    // Within one shard too.
+    let c = tmp.path().join("c.tar.gz");
+    shard(&c, &[("k0", &segs[0]), ("k5", &segs[1]), ("k6", &clip_segment("seg_0", 20..21))]);
+    let e = cvq(&["extract", p(&c), "-o", p(&out)]);
+    let expected = format!("{0}: member k0.json and {0}: member k6.json both name the file \"seg_0\"", p(&c));
+    assert!(stderr(&e).contains(&expected), "{}", stderr(&e));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing is written");
+}
+
+#[test]
+fn extract_checks_every_target_before_writing_any() {
+    let tmp = tempfile::tempdir().unwrap();
+    let segs: Vec<_> = (0..3).map(|i| clip_segment(&format!("seg_{i}"), 2 * i..2 * i + 2)).collect();
+    let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+    shard(&a, &[("000", &segs[0]), ("001", &segs[1])]);
+    shard(&b, &[("002", &segs[2])]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // The last target of the last shard exists.
+    std::fs::write(out.join("seg_2"), b"keep me").unwrap();
+    let e = cvq(&["extract", p(&a), p(&b), "-o", p(&out)]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(stderr(&e).contains("seg_2: already exists (use --force to replace it)"), "{}", stderr(&e));
+    assert_eq!(std::fs::read(out.join("seg_2")).unwrap(), b"keep me");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "nothing is written");
+    let e = cvq(&["extract", p(&a), p(&b), "-o", p(&out), "--force"]);
+    assert!(stderr(&e).contains("extracted 3 segments from 2 shards"), "{}", stderr(&e));
+    for s in &segs {
+        assert_eq!(std::fs::read(out.join(&s.name)).unwrap(), s.to_npy_bytes().unwrap());
+    }
+}
+
+#[test]
+fn extract_points_a_cvq_archive_to_decompress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("clip.cvq");
+    let c = cvq(&["compress", p(&common::real_data("clip.npy")), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let e = cvq(&["extract", p(&archive), "-o", p(&tmp.path().join("out"))]);
+    assert_eq!(e.status.code(), Some(1));
+    let expected =
+        format!("{}: a cvq archive, not a dataset shard: restore its segments with `cvq decompress`", p(&archive));
+    assert!(stderr(&e).contains(&expected), "{}", stderr(&e));
+}
+
+#[test]
+fn hidden_files_are_skipped_and_other_strays_named_before_coding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    std::fs::write(input.join(".DS_Store"), b"\0\0\0\x01Bud1").unwrap();
+    std::fs::create_dir(input.join(".git")).unwrap();
+    let archive = tmp.path().join("a.cvq");
+    let c = cvq(&["compress", "-v", "-r", p(&input), "-o", p(&archive), "--predictor", "context-mix"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(stderr(&c).contains(".DS_Store: skipped, hidden"), "{}", stderr(&c));
+    assert!(stderr(&c).contains("compressed 3 segments"), "{}", stderr(&c));
+    let listed = String::from_utf8(cvq(&["list", p(&archive)]).stdout).unwrap();
+    assert!(names.iter().all(|n| listed.contains(n.as_str())) && !listed.contains(".DS_Store"), "{listed}");
+
+    std::fs::write(input.join("notes.txt"), b"segments from the March drive").unwrap();
+    let c = cvq(&["compress", p(&input), "-o", p(&tmp.path().join("b.cvq")), "--predictor", "context-mix"]);
+    assert_eq!(c.status.code(), Some(1));
+    let expected = format!("{}: not a valid token segment: not an .npy file", p(&input.join("notes.txt")));
+    assert!(stderr(&c).contains(&expected), "{}", stderr(&c));
+    assert!(!stderr(&c).contains("compressed"), "refused before coding: {}", stderr(&c));
+}
+
+#[test]
+fn an_output_in_an_input_directory_is_never_read_as_an_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = input.join("a.cvq");
+    let compress = |out: &Path| cvq(&["compress", p(&input), "-o", p(out), "--predictor", "context-mix", "--force"]);
+    let first = compress(&archive);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let bytes = std::fs::read(&archive).unwrap();
+    let again = compress(&archive);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("a.cvq: skipped, the output of this run"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(&archive).unwrap(), bytes, "the same three segments, not the archive as a fourth");
+
+    // Another archive there is no segment: named at once.
+    let other = compress(&input.join("b.cvq"));
+    assert_eq!(other.status.code(), Some(1));
+    assert!(stderr(&other).contains("a.cvq: a cvq archive, not a token segment"), "{}", stderr(&other));
+    // An input given by name as the output would be read and then replaced.
+    let seg = input.join(&names[0]);
+    let original = std::fs::read(&seg).unwrap();
+    let c = cvq(&["compress", p(&seg), "-o", p(&seg), "--force", "--predictor", "context-mix"]);
+    assert_eq!(c.status.code(), Some(1));
+    assert!(stderr(&c).contains("is both an input and the output"), "{}", stderr(&c));
+    assert_eq!(std::fs::read(&seg).unwrap(), original);
+}
+
+#[test]
+fn segments_are_numbered_from_1_as_part_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let names = dataset_dir(&input);
+    let archive = tmp.path().join("a.cvq");
+    assert!(cvq(&["compress", p(&input), "-o", p(&archive), "--predictor", "context-mix"]).status.success());
+    // The second segment's token checksum is wrong and its payload intact: only decoding finds it.
+    let bytes = std::fs::read(&archive).unwrap();
+    let a = cvq::archive::parse(&bytes).unwrap();
+    let coded: Vec<_> = a
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| cvq::archive::CodedSegment {
+            name: e.name.clone(),
+            header: a.headers[e.header].to_vec(),
+            frames: e.frames,
+            checksum: e.checksum ^ u32::from(i == 1),
+            payload: a.payload(e).to_vec(),
+        })
+        .collect();
+    let forged = tmp.path().join("forged.cvq");
+    std::fs::write(&forged, cvq::archive::write(&a.model_id, &coded)).unwrap();
+    let t = cvq(&["test", p(&forged)]);
+    assert_eq!(t.status.code(), Some(1));
+    assert!(stderr(&t).contains(&format!("segment 2 ({}): token checksum mismatch", names[1])), "{}", stderr(&t));
+}

@@ -8,9 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Expand inputs: files as given, directories to their files in name order (and their
-/// subdirectories' files with `recursive`; otherwise those are skipped with a note). `-`
-/// (stdin) stays as it is; shards stay files here (see `inputs`).
-pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf>> {
+/// subdirectories' files with `recursive`; otherwise those are skipped with a note). A
+/// directory's hidden entries (names starting with '.', such as .DS_Store) are skipped.
+/// `output`, the file this run writes, is never an input: skipped with a note where a
+/// directory lists it (as tar skips its own archive), refused where given by name, since it
+/// would be read and then replaced. `-` (stdin) stays as it is; shards stay files here (see
+/// `inputs`).
+pub fn collect_inputs(inputs: &[PathBuf], recursive: bool, output: Option<&Path>) -> Result<Vec<PathBuf>> {
+    // An output that does not exist yet cannot be listed.
+    let output = output.filter(|o| !is_std(o)).and_then(|o| std::fs::canonicalize(o).ok());
+    let listing = Listing { recursive, output };
     let mut out = vec![];
     for input in inputs {
         if is_std(input) {
@@ -19,8 +26,13 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf
         }
         let meta = std::fs::metadata(input).with_context(|| format!("{}: cannot read", input.display()))?;
         if meta.is_dir() {
-            dir_files(input, recursive, &mut out)?;
+            listing.dir_files(input, &mut out)?;
         } else {
+            ensure!(
+                !listing.is_output(input),
+                "{}: is both an input and the output: it would be read and then replaced",
+                input.display()
+            );
             out.push(input.clone());
         }
     }
@@ -28,23 +40,40 @@ pub fn collect_inputs(inputs: &[PathBuf], recursive: bool) -> Result<Vec<PathBuf
     Ok(out)
 }
 
-/// Append the files of `dir`, sorted by path, descending into subdirectories if `recursive`.
-fn dir_files(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut paths = vec![];
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        paths.push(entry.with_context(|| format!("{}: cannot list", dir.display()))?.path());
+/// How input directories are listed.
+struct Listing {
+    recursive: bool,
+    /// The run's output file, resolved (links and all), if it exists.
+    output: Option<PathBuf>,
+}
+
+impl Listing {
+    fn is_output(&self, path: &Path) -> bool {
+        self.output.as_ref().is_some_and(|o| std::fs::canonicalize(path).is_ok_and(|p| p == *o))
     }
-    paths.sort();
-    for path in paths {
-        if !path.is_dir() {
-            out.push(path);
-        } else if recursive {
-            dir_files(&path, true, out)?;
-        } else {
-            super::note(format_args!("{}: skipped, a directory (-r reads subdirectories)", path.display()));
+
+    /// Append the files of `dir`, sorted by path, descending into subdirectories if `recursive`.
+    fn dir_files(&self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut paths = vec![];
+        for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+            paths.push(entry.with_context(|| format!("{}: cannot list", dir.display()))?.path());
         }
+        paths.sort();
+        for path in paths {
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                super::detail(format_args!("{}: skipped, hidden (its name starts with .)", path.display()));
+            } else if self.is_output(&path) {
+                super::note(format_args!("{}: skipped, the output of this run", path.display()));
+            } else if !path.is_dir() {
+                out.push(path);
+            } else if self.recursive {
+                self.dir_files(&path, out)?;
+            } else {
+                super::note(format_args!("{}: skipped, a directory (-r reads subdirectories)", path.display()));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `-`: stdin or stdout.
@@ -55,8 +84,13 @@ pub fn is_std(path: &Path) -> bool {
 /// The segments to code: .npy files (read when their turn comes), the segments of dataset
 /// shards (`.tar.gz`, unpacked into memory) and with `-` one .npy segment from stdin, stored
 /// under `stdin_name`.
-pub fn inputs(paths: &[PathBuf], recursive: bool, stdin_name: Option<&str>) -> Result<Vec<Input>> {
-    let paths = collect_inputs(paths, recursive)?;
+pub fn inputs(
+    paths: &[PathBuf],
+    recursive: bool,
+    stdin_name: Option<&str>,
+    output: Option<&Path>,
+) -> Result<Vec<Input>> {
+    let paths = collect_inputs(paths, recursive, output)?;
     let stdin_reads = paths.iter().filter(|p| is_std(p)).count();
     ensure!(stdin_reads <= 1, "- (stdin) is given {stdin_reads} times: it holds one segment");
     ensure!(stdin_reads == 1 || stdin_name.is_none(), "--name names the segment read from stdin: give - as an input");
@@ -75,10 +109,38 @@ pub fn inputs(paths: &[PathBuf], recursive: bool, stdin_name: Option<&str>) -> R
                 Ok(())
             })?;
         } else {
+            check_npy_start(&p)?;
             out.push(Input::File(p));
         }
     }
     Ok(out)
+}
+
+/// Refuse, before any coding, a file that cannot be a segment, as it does not start as an
+/// .npy file does: a run of hours must not end at a stray file. Streams are left to the read.
+fn check_npy_start(path: &Path) -> Result<()> {
+    let Some(head) = head(path, 6)? else { return Ok(()) };
+    ensure!(
+        !head.starts_with(crate::archive::MAGIC),
+        "{}: a cvq archive, not a token segment: leave it out of the inputs (`cvq decompress` restores its segments)",
+        path.display()
+    );
+    ensure!(head == b"\x93NUMPY", "{}: not a valid token segment: not an .npy file", path.display());
+    Ok(())
+}
+
+/// The first `n` bytes of the regular file at `path` (fewer if it is shorter); None for what
+/// is not a regular file: a stream, which looking ahead would consume, or a missing path,
+/// which its reader reports.
+pub fn head(path: &Path, n: usize) -> Result<Option<Vec<u8>>> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(None);
+    }
+    let mut head = vec![];
+    std::fs::File::open(path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut head))
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Some(head))
 }
 
 /// A segment to code: an .npy file, read when its turn comes, or one from a dataset shard.

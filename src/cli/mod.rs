@@ -1,15 +1,17 @@
 //! The `cvq` command line: thin glue over the library.
 
 mod bench;
+mod extract;
 mod files;
 mod pack;
 mod part;
 #[cfg(feature = "plot")]
 mod plot;
 mod synth;
+#[cfg(test)]
+mod tests;
 
 use crate::archive::{self, Archive, CodedSegment};
-use crate::data::shard::read_shard;
 use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, Weights};
@@ -71,6 +73,7 @@ enum Command {
     Pack {
         #[command(flatten)]
         inputs: InputOpts,
+        /// The zip to write.
         #[arg(short, long, default_value = "submission.zip")]
         output: PathBuf,
         /// The xz-compressed static decoder that scripts/build-decoder.sh writes [default:
@@ -107,6 +110,9 @@ enum Command {
     /// Write the segments of dataset shards (.tar.gz) as the dataset's original .npy files,
     /// named as the grader names them: the originals that scripts/evaluate.sh compares with.
     Extract {
+        /// Dataset shards (.tar.gz of `<key>.token.npy` and `<key>.json`, as in commaai/commavq).
+        /// Every target is checked before the first file is written: a name two members give
+        /// and an existing file without --force are refused, and nothing is written.
         #[arg(required = true)]
         shards: Vec<PathBuf>,
         /// Directory to write the files into (created if missing).
@@ -118,6 +124,8 @@ enum Command {
     },
     /// Join archives of one model into one, without coding again (names must be unique).
     Merge {
+        /// The archives to join (e.g. the parts of `cvq compress --part`), in the order given;
+        /// - reads one from stdin.
         #[arg(required = true)]
         archives: Vec<PathBuf>,
         /// The archive to write (- for stdout).
@@ -142,7 +150,8 @@ enum Command {
         archive: PathBuf,
         #[command(flatten)]
         weights: WeightsOpt,
-        #[arg(short = 'j', long)]
+        /// Worker threads (default: all cores).
+        #[arg(short = 'j', long, value_parser = parse_threads)]
         threads: Option<usize>,
     },
     /// Report bits per token for each segment without writing anything.
@@ -151,12 +160,14 @@ enum Command {
         inputs: InputOpts,
         #[command(flatten)]
         model: ModelOpts,
-        #[arg(short = 'j', long)]
+        /// Worker threads (default: all cores). The figures never depend on it.
+        #[arg(short = 'j', long, value_parser = parse_threads)]
         threads: Option<usize>,
     },
     /// Compare cvq's predictors with lzma, zstd and zpaq on segments: bits per token and
     /// speed, one table measured in one run, and an estimate of the challenge score.
     Bench {
+        /// .npy segment files or directories of them (not shards), each measured on its own.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
         #[command(flatten)]
@@ -170,6 +181,7 @@ enum Command {
     /// position, and the bits of each frame.
     #[cfg(feature = "plot")]
     Plot {
+        /// The .npy segment file to draw.
         input: PathBuf,
         /// The picture to write: .png or .svg.
         #[arg(short, long)]
@@ -213,6 +225,7 @@ enum Command {
         /// Frames per segment.
         #[arg(long, default_value_t = 1200)]
         frames: usize,
+        /// The seed the segments are drawn from: one seed, the same segments on any machine.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Directory for the segments (dataset-style names without extension; created if missing).
@@ -229,8 +242,8 @@ enum Command {
 
 #[derive(Args)]
 struct InputOpts {
-    /// .npy segment files, directories of them, dataset shards (.tar.gz), or - for one .npy
-    /// segment on stdin.
+    /// .npy segment files, directories of them (skipping hidden files, named .*, and the
+    /// output), dataset shards (.tar.gz), or - for one .npy segment on stdin.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Also read the files in subdirectories of input directories (otherwise skipped, with a
@@ -243,8 +256,9 @@ struct InputOpts {
 }
 
 impl InputOpts {
-    fn segments(&self) -> Result<Vec<Input>> {
-        files::inputs(&self.inputs, self.recursive, self.name.as_deref())
+    /// The segments to code; `output`, the file the run writes, is never one of them.
+    fn segments(&self, output: Option<&Path>) -> Result<Vec<Input>> {
+        files::inputs(&self.inputs, self.recursive, self.name.as_deref(), output)
     }
 }
 
@@ -338,7 +352,7 @@ impl ModelOpts {
 #[derive(Args)]
 struct RunOpts {
     /// Worker threads (default: all cores). The output never depends on it.
-    #[arg(short = 'j', long)]
+    #[arg(short = 'j', long, value_parser = parse_threads)]
     threads: Option<usize>,
     /// Replace existing output files.
     #[arg(long)]
@@ -400,21 +414,21 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Compress { inputs, output, part, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
-            let (bytes, _) = build_archive(&inputs, part, &model.load()?, verify.verify)?;
+            let (bytes, _) = build_archive(&inputs, &output, part, &model.load()?, verify.verify)?;
             files::write_output(&output, &bytes, run.force)
         }),
         Command::Pack { inputs, output, decoder, model, run, verify } => with_threads(run.threads, || {
             files::check_output(&output, run.force)?;
             let decoder = pack::read_decoder(decoder.as_deref())?;
             let (model, weights) = model.load_with_bytes()?;
-            let (archive, tokens) = build_archive(&inputs, None, &model, verify.verify)?;
+            let (archive, tokens) = build_archive(&inputs, &output, None, &model, verify.verify)?;
             pack::write(&output, &archive, &decoder, weights.as_deref(), tokens, run.force)
         }),
         Command::Decompress { archive, output, part, weights, run, skip_existing } => {
             let restore = Restore { force: run.force, skip_existing };
             with_threads(run.threads, || decompress(&archive, &output, part, &weights, &restore))
         }
-        Command::Extract { shards, output, force } => extract(&shards, &output, force),
+        Command::Extract { shards, output, force } => extract::run(&shards, &output, force),
         Command::Merge { archives, output, force } => part::merge(&archives, &output, force),
         Command::List { archive, weights } => list(&archive, &weights),
         Command::Test { archive, weights, threads } => with_threads(threads, || test(&archive, &weights)),
@@ -422,7 +436,7 @@ pub fn main() -> Result<()> {
         Command::Bench { inputs, weights, decoder } => {
             let bytes = weights.bytes()?;
             bench::run(
-                &files::collect_inputs(&inputs, false)?,
+                &files::collect_inputs(&inputs, false, None)?,
                 &weights.parse(&bytes)?,
                 decoder.as_deref(),
                 bytes.len(),
@@ -458,6 +472,13 @@ pub fn main() -> Result<()> {
             })
         }
     }
+}
+
+/// `-j N`, N >= 1: rayon takes 0 for all cores, which is what leaving out -j already says.
+fn parse_threads(text: &str) -> Result<usize> {
+    let n: usize = text.parse().context("expected a number of threads")?;
+    ensure!(n >= 1, "at least 1 thread (leave out -j for all cores)");
+    Ok(n)
 }
 
 /// `--shift DR,DC`: rows and columns, each -8..=8.
@@ -545,11 +566,17 @@ fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<Code
     Ok(coded.concat())
 }
 
-/// Code the segments of `inputs` into an archive; returns it with its token count. The archive
-/// is read back (index, headers, lengths, payload checksums) before it counts as written, and
-/// with `verify` also decoded whole.
-fn build_archive(inputs: &InputOpts, part: Option<Part>, model: &Model, verify: bool) -> Result<(Vec<u8>, usize)> {
-    let mut inputs = inputs.segments()?;
+/// Code the segments of `inputs` into an archive for `output`; returns it with its token count.
+/// The archive is read back (index, headers, lengths, payload checksums) before it counts as
+/// written, and with `verify` also decoded whole.
+fn build_archive(
+    inputs: &InputOpts,
+    output: &Path,
+    part: Option<Part>,
+    model: &Model,
+    verify: bool,
+) -> Result<(Vec<u8>, usize)> {
+    let mut inputs = inputs.segments(Some(output))?;
     if let Some(part) = part {
         inputs = part.select(inputs, Input::name);
     }
@@ -670,30 +697,6 @@ fn holds(path: &Path, archive: &Archive, i: usize) -> bool {
     })
 }
 
-/// Write every segment of `shards` into `dir` under its dataset name, each file whole and
-/// under the overwrite rules (`write_output` applies them; `output_dir` probed the directory).
-fn extract(shards: &[PathBuf], dir: &Path, force: bool) -> Result<()> {
-    files::output_dir(dir)?;
-    let mut written = 0;
-    for shard in shards {
-        read_shard(shard, |seg| {
-            let target = dir.join(&seg.name);
-            files::write_output(&target, &seg.to_npy_bytes()?, force)?;
-            detail(format_args!("{}: {}", target.display(), count(seg.frames(), "frame")));
-            written += 1;
-            Ok(())
-        })
-        .with_context(|| format!("{} segments written before this error", written))?;
-    }
-    note(format_args!(
-        "extracted {} from {} into {}",
-        count(written, "segment"),
-        count(shards.len(), "shard"),
-        dir.display()
-    ));
-    Ok(())
-}
-
 /// Print an archive's contents: each segment's name, frames, stored bytes and bits/token, the
 /// predictor and the totals. Reads the index only.
 fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
@@ -786,7 +789,7 @@ fn check_damaged(archive: &str, damaged: Vec<(usize, anyhow::Error)>, n: usize, 
 }
 
 fn eval(inputs: &InputOpts, model: &Model) -> Result<()> {
-    let inputs = inputs.segments()?;
+    let inputs = inputs.segments(None)?;
     let start = Instant::now();
     let rows: Vec<_> = encode_inputs(&inputs, model, "eval")?
         .into_iter()

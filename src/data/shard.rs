@@ -13,7 +13,8 @@ use std::path::Path;
 #[derive(Default)]
 struct Pending {
     npy: Option<Vec<u8>>,
-    name: Option<String>,
+    /// The `.json` member and the `file_name` it gives.
+    name: Option<(String, String)>,
 }
 
 /// A key's members may be apart by this many other members before the shard is refused.
@@ -21,6 +22,12 @@ const MAX_PENDING: usize = 64;
 
 /// Call `each` with every segment of the shard at `path`, in shard order; returns the count.
 pub fn read_shard(path: &Path, mut each: impl FnMut(Segment) -> Result<()>) -> Result<usize> {
+    read_shard_members(path, |_, seg| each(seg))
+}
+
+/// `read_shard`, also naming the `.json` member that gave each segment its name, for messages
+/// that must point into the shard.
+pub fn read_shard_members(path: &Path, mut each: impl FnMut(&str, Segment) -> Result<()>) -> Result<usize> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open shard", path.display()))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
     let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -39,13 +46,14 @@ pub fn read_shard(path: &Path, mut each: impl FnMut(Segment) -> Result<()>) -> R
         let p = pending.entry(key.to_string()).or_default();
         match kind {
             "token.npy" => p.npy = Some(bytes),
-            "json" => p.name = Some(file_name(&bytes).with_context(at)?),
+            "json" => p.name = Some((member.clone(), file_name(&bytes).with_context(at)?)),
             _ => continue,
         }
         if p.npy.is_some() && p.name.is_some() {
             let p = pending.remove(key).unwrap();
-            let seg = parse_segment(p.name.unwrap(), &p.npy.unwrap()).with_context(at)?;
-            each(seg)?;
+            let (json, name) = p.name.unwrap();
+            let seg = parse_segment(name, &p.npy.unwrap()).with_context(at)?;
+            each(&json, seg)?;
             count += 1;
         }
         ensure!(pending.len() <= MAX_PENDING, "{}: members of {MAX_PENDING} keys lack their partner", path.display());
@@ -121,6 +129,13 @@ mod tests {
         });
         assert_eq!(n.unwrap(), 3);
         assert_eq!(back, segs);
+        let mut members = vec![];
+        read_shard_members(&path, |json, _| {
+            members.push(json.to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(members, ["k0_0.json", "k1_0.json", "k2_0.json"]);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = format!("{:#}", read_shard(&path, |_| Ok(())).unwrap_err());
