@@ -69,7 +69,7 @@ impl Motion {
         assert!(self.alphabet.is_power_of_two() && self.alphabet <= VOCAB, "alphabet {}", self.alphabet);
         let side = 2 * MOTION_SHIFT + 1;
         let offset_of = |o: usize| ((o / side) as i32 - MOTION_SHIFT as i32, (o % side) as i32 - MOTION_SHIFT as i32);
-        let offset = self.shift.unwrap_or_else(|| offset_of(((next() >> 32) * (side * side) as u64 >> 32) as usize));
+        let offset = self.shift.unwrap_or_else(|| offset_of((((next() >> 32) * (side * side) as u64) >> 32) as usize));
         // Where token i (of a frame after the first) comes from under offset (dr, dc).
         let source = |(dr, dc): (i32, i32), i: usize| -> usize {
             let k = i % TOKENS_PER_FRAME;
