@@ -13,10 +13,11 @@ pub mod neural;
 pub mod transformer;
 
 pub use adapt::{Rates, MAX_WIDTH as MAX_ADAPTIVE_WIDTH};
-pub use context_mix::ContextMix;
+pub use context_mix::{ContextMix, Tables};
 pub use mixed::Mixed;
 pub use neural::Neural;
 
+use context_mix::{TABLES, TABLES_WITH_PRIOR};
 use std::sync::Arc;
 use transformer::Transformer;
 
@@ -211,12 +212,15 @@ impl Model {
     /// Fresh predictors for segments of the given token counts, to be advanced in lockstep.
     pub fn batch(&self, sizes: &[usize]) -> Batch {
         match self {
-            Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect()),
+            Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n, TABLES)).collect()),
             Model::Neural(t, _) => {
                 Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n, self.rates())).collect())
             }
             Model::Mixed(t, _) => Batch::Mixed(
-                sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n, self.rates()), n)).collect(),
+                sizes
+                    .iter()
+                    .map(|&n| Mixed::new(Neural::new(Arc::clone(t), n, self.rates()), n, TABLES_WITH_PRIOR))
+                    .collect(),
             ),
         }
     }
@@ -239,9 +243,9 @@ impl Model {
         let neural =
             |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2 + self.rates().map_or(0, |r| r.memory(t.spec.width));
         match self {
-            Model::ContextMix => ContextMix::memory(tokens, false),
+            Model::ContextMix => ContextMix::memory(tokens, TABLES),
             Model::Neural(t, _) => neural(t),
-            Model::Mixed(t, _) => ContextMix::memory(tokens, true) + neural(t),
+            Model::Mixed(t, _) => ContextMix::memory(tokens, TABLES_WITH_PRIOR) + neural(t),
         }
     }
 
