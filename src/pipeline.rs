@@ -33,17 +33,14 @@ pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegm
         .collect())
 }
 
-/// The predictor that wrote `archive`: the context mixer, or the neural or mixed model of
-/// `weights` if their id is the archive's.
+/// The predictor that wrote `archive`: a context mixer (this release's or an earlier one's), or
+/// a predictor of `weights` if its id is the archive's.
 pub fn archive_model(archive: &Archive, weights: Option<&Arc<Transformer>>) -> Result<Model> {
     let id = archive.model_id;
-    for m in Model::all(weights) {
+    for m in Model::readable(weights) {
         if m.id() == id {
             return Ok(m);
         }
-    }
-    if let Some(why) = Model::retired(&id, weights.map(|t| &**t)) {
-        bail!(why);
     }
     match weights {
         Some(t) => bail!(

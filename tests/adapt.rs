@@ -82,10 +82,13 @@ fn every_predictor_has_its_own_id_and_wide_networks_do_not_adapt() {
     let t = weights(3);
     let ids: Vec<_> = Model::all(Some(&t)).iter().map(Model::id).collect();
     assert_eq!(ids.len(), 5);
+    // Earlier releases' predictors, which this one reads, have ids of their own too.
+    let ids: Vec<_> = Model::readable(Some(&t)).iter().map(Model::id).collect();
+    assert_eq!(ids.len(), 9);
     assert!(ids.iter().enumerate().all(|(i, a)| ids[..i].iter().all(|b| a != b)));
     // The view's dot product sums in i32 only up to width 512 (FORMAT.md section 3.4).
     let wide = ModelSpec { layers: 1, width: 528, heads: 2, context_frames: 1, mlp_width: 16 };
     let wide = Arc::new(Transformer::new(&Weights::random(wide, 1).unwrap()));
-    let names: Vec<_> = Model::all(Some(&wide)).iter().map(|m| m.name()).collect();
-    assert_eq!(names, ["context-mix", "neural", "mixed"]);
+    let names: Vec<_> = Model::readable(Some(&wide)).iter().map(|m| m.name()).collect();
+    assert_eq!(names, ["context-mix", "neural", "mixed", "context-mix", "mixed", "mixed"]);
 }

@@ -552,47 +552,68 @@ fn extract_writes_a_shards_segments_as_the_dataset_files() {
     assert!(stderr(&again).contains("already exists (use --force"), "{}", stderr(&again));
 }
 
-#[test]
-fn archives_of_cvq_0_2_decode_or_are_refused_naming_the_release() {
-    // Written by cvq 0.2.0 (tests/data/README.md): three frames of the clip. The context
-    // mixer's bitstream is unchanged since; the mixed one used 0.2's built-in weights and a
-    // bitstream that cvq 0.4 retired, so only cvq 0.2 (or 0.3 given those weights) reads it.
-    let tmp = tempfile::tempdir().unwrap();
-    let name = "3b41c0fa8959aea6c118e5714f412a2e_13";
-    let cm = tmp.path().join("cm");
-    let d = cvq(&["decompress", p(&common::real_data("cvq-0.2-context-mix.cvq")), "-o", p(&cm)]);
-    assert!(d.status.success(), "{}", stderr(&d));
-    let back = cvq::data::read_segment_file(&cm.join(name)).unwrap();
-    assert_eq!(back.tokens, common::clip().tokens[..3 * 128]);
-
-    let mixed = tmp.path().join("mixed");
-    let d = cvq(&["decompress", p(&common::real_data("cvq-0.2-mixed.cvq")), "-o", p(&mixed)]);
-    assert_eq!(d.status.code(), Some(1));
-    let expected = format!(
-        "written by the mixed predictor of cvq 0.2, which cvq {} no longer decodes: decompress it with cvq 0.2",
-        env!("CARGO_PKG_VERSION")
-    );
-    assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
-    assert!(!mixed.exists(), "nothing is written");
+/// The repository's `tests/data`: the clip and the archives earlier releases wrote of it
+/// (they ship with the repository whatever `CVQ_DATA` says).
+fn shipped_data() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 #[test]
-fn archives_of_earlier_releases_are_refused_by_name() {
-    // Written by cvq 0.1.0 and 0.3.0 (tests/data/README.md): three frames of the clip.
+fn every_archive_of_an_earlier_release_decodes_out_of_the_box() {
+    // tests/data/README.md: the clip's first three frames, written by cvq 0.1.0, 0.2.0 and
+    // 0.3.0 with built-in weights. Ids are never retired (FORMAT.md, section 4.1).
+    let clip = cvq::data::read_segment_file(&shipped_data().join("clip.npy")).unwrap();
+    let name = "3b41c0fa8959aea6c118e5714f412a2e_13";
+    let expected = cvq::data::Segment::int16(name, clip.tokens[..3 * 128].to_vec()).to_npy_bytes().unwrap();
+    let mut archives: Vec<_> = std::fs::read_dir(shipped_data())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension() == Some("cvq".as_ref()))
+        .collect();
+    archives.sort();
+    assert!(archives.len() >= 6, "an archive of an earlier release is missing: {archives:?}");
     let tmp = tempfile::tempdir().unwrap();
-    for (release, predictor) in [("0.1", "mixed"), ("0.1", "context-mix"), ("0.3", "mixed"), ("0.3", "mixed-adaptive")]
-    {
-        let old = common::real_data(&format!("cvq-{release}-{predictor}.cvq"));
-        let out = tmp.path().join(format!("{release}-{predictor}"));
-        let d = cvq(&["decompress", p(&old), "-o", p(&out)]);
-        assert_eq!(d.status.code(), Some(1));
-        let expected = format!(
-            "written by the {predictor} predictor of cvq {release}, which cvq {} no longer decodes",
-            env!("CARGO_PKG_VERSION")
-        );
-        assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
-        assert!(!out.exists(), "nothing is written");
+    for archive in &archives {
+        // cvq-0.3-mixed-adaptive.cvq: written by the mixed-adaptive predictor.
+        let stem = archive.file_stem().unwrap().to_str().unwrap();
+        let predictor = stem.splitn(3, '-').nth(2).unwrap();
+        let listed = String::from_utf8(cvq(&["list", p(archive)]).stdout).unwrap();
+        assert!(listed.contains(&format!("({predictor}")), "{stem}: {listed}");
+        let out = tmp.path().join(stem);
+        let d = cvq(&["decompress", p(archive), "-o", p(&out)]);
+        assert!(d.status.success(), "{stem}: {}", stderr(&d));
+        assert!(std::fs::read(out.join(name)).unwrap() == expected, "{stem}: not the clip's first three frames");
     }
+}
+
+#[test]
+fn weights_given_override_the_built_in_ones_and_unknown_weights_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = shipped_data().join("cvq-0.2-mixed.cvq");
+    let weights = |file: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(file);
+    let with = |w: &Path, out: &str| cvq(&["decompress", p(&old), "-o", p(&tmp.path().join(out)), "--weights", p(w)]);
+    assert!(with(&weights("cvq-0.2.safetensors"), "given").status.success());
+    // Given weights are the only ones tried, even where built-in ones would fit.
+    let other = with(&weights("default.safetensors"), "other");
+    assert!(stderr(&other).contains("archive was written by model e2c82ece299d8023..., which is neither the context mixer nor a model of weights 8b5dbf4780c7c83f..."), "{}", stderr(&other));
+
+    // Weights neither built in nor given: the archive's model id is named.
+    let random = tmp.path().join("random.safetensors");
+    let spec = cvq::model::ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+    std::fs::write(&random, cvq::model::Weights::random(spec, 3).unwrap().to_bytes().unwrap()).unwrap();
+    let names = dataset_dir(&tmp.path().join("in"));
+    let archive = tmp.path().join("random.cvq");
+    let input = tmp.path().join("in").join(&names[0]);
+    assert!(cvq(&["compress", p(&input), "--weights", p(&random), "-o", p(&archive)]).status.success());
+    let id = cvq::archive::parse(&std::fs::read(&archive).unwrap()).unwrap().model_id;
+    let d = cvq(&["decompress", p(&archive), "-o", p(&tmp.path().join("unknown"))]);
+    assert_eq!(d.status.code(), Some(1));
+    let expected = format!(
+        "archive was written by model {}..., which needs neural weights that cvq {} does not carry: pass them with --weights",
+        cvq::predict::hex(&id[..8]),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
 }
 
 /// Frames `frames` of the real clip as a dataset segment named `name`.

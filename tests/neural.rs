@@ -273,6 +273,17 @@ fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
     }
 }
 
+#[test]
+fn earlier_built_in_weights_have_the_ids_their_table_gives() {
+    // Archives find them by that id; built in with the default weights (cvq 0.1-0.2's at least).
+    let earlier = cvq::model::earlier_weights();
+    assert_eq!(earlier.is_empty(), cvq::model::default_weights().is_none());
+    for &(id, file) in earlier {
+        assert_eq!(hex(&model_id_from_the_spec(file)), id);
+        assert_eq!(hex(&Weights::from_bytes(file).unwrap().hash), id);
+    }
+}
+
 const GOLDEN_RANDOM_FILE: &str = "a95cb076b8886af18dc167c562e628caa34163cd94a63341fe4d281666302017";
 const GOLDEN_RANDOM_ID: &str = "b31f0d57c295d57204d870e1256109d2e6ea15f9c52a46e7d510f88845a59f16";
 

@@ -14,7 +14,7 @@ mod tests;
 use crate::archive::{self, Archive, CodedSegment};
 use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
-use crate::model::{default_weights, Weights};
+use crate::model::{default_weights, earlier_weights, Weights};
 use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
 use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Learning, Model, MAX_ADAPTIVE_WIDTH};
@@ -619,14 +619,26 @@ fn decode_all(
     Ok(())
 }
 
-/// The predictor that wrote `archive`, loading the weights only if it needs them.
+/// The predictor that wrote `archive`, loading weights only if it needs them: those given by
+/// --weights, else the built-in ones of this release or of an earlier one.
 fn model_of(archive: &Archive, weights: &WeightsOpt) -> Result<Model> {
-    let id = archive.model_id;
-    // An archive of retired built-in weights decodes with those weights, if given.
-    let needs_weights =
-        id != Model::ContextMix.id() && (weights.weights.is_some() || Model::retired(&id, None).is_none());
-    let neural = if needs_weights { Some(weights.load()?) } else { None };
-    archive_model(archive, neural.as_ref())
+    if let Ok(m) = archive_model(archive, None) {
+        return Ok(m);
+    }
+    if weights.weights.is_some() {
+        return archive_model(archive, Some(&weights.load()?));
+    }
+    let earlier = earlier_weights().iter().map(|&(_, bytes)| bytes);
+    for bytes in default_weights().into_iter().chain(earlier) {
+        if let Ok(m) = archive_model(archive, Some(&weights.parse(bytes)?)) {
+            return Ok(m);
+        }
+    }
+    bail!(
+        "archive was written by model {}..., which needs neural weights that cvq {} does not carry: pass them with --weights",
+        hex(&archive.model_id[..8]),
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &WeightsOpt, run: &Restore) -> Result<()> {
@@ -704,10 +716,13 @@ fn list(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
     let archive = archive::parse_index(&bytes).with_context(|| files::shown(archive_path, "stdin"))?;
     // Name the predictor where the weights at hand wrote it; an archive is listed without them.
     let predictor = match model_of(&archive, weights) {
-        Ok(m) => match m.transformer() {
-            Some(t) => format!("{}, weights {}...", m.name(), hex(&t.hash[..8])),
-            None => m.name().to_string(),
-        },
+        Ok(m) => {
+            let release = m.since().map_or(String::new(), |r| format!(" of cvq {r}"));
+            match m.transformer() {
+                Some(t) => format!("{}{release}, weights {}...", m.name(), hex(&t.hash[..8])),
+                None => format!("{}{release}", m.name()),
+            }
+        }
         Err(_) => "not the context mixer nor a model of the weights at hand".into(),
     };
     println!(

@@ -44,15 +44,25 @@ const INITIAL_WEIGHT: i32 = 1 << 13;
 const INITIAL_PRIOR_WEIGHT: i32 = 3 << 14;
 /// Weights are kept within +-256.0, far beyond any useful value, so no input can overflow them.
 const MAX_WEIGHT: i32 = 1 << 24;
-/// Largest counter table per model, in bits of entries (16 MiB of u32). With two-slot buckets,
-/// on the clip: 2^22 5.8620 bits/token, 2^21 5.8876, 2^20 5.9571 (one slot per bucket, as
-/// cvq 0.1 had it: 2^22 5.9439).
-const MAX_TABLE_BITS: u32 = 22;
+/// What of the context mixer's bitstream changed between releases: the largest counter table
+/// per model, in bits of entries, and the slots per bucket. Predictor ids are never retired,
+/// so every release's tables stay selectable (FORMAT.md, sections 3.1, 3.3 and 4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tables {
+    pub max_bits: u32,
+    /// 1 (cvq 0.1) or 2: each context may take either slot of its bucket.
+    pub slots: usize,
+}
+
+/// The context mixer alone: 16 MiB of u32 per model at most. With two-slot buckets, on the
+/// clip: 2^22 5.8620 bits/token, 2^21 5.8876, 2^20 5.9571 (one slot per bucket, as cvq 0.1
+/// had it: 2^22 5.9439).
+pub const TABLES: Tables = Tables { max_bits: 22, slots: 2 };
 /// With a prior the counters matter less and eight segments code in lockstep, so the tables
 /// are 16x smaller: 14.7 MiB a segment. Mixed, two-slot buckets, on the clip / its frames
 /// 900-1199 alone (cvq 0.3's weights): 2^19 4.4423 / 4.7431, 2^18 4.4459 / 4.7452 (+0.08% /
 /// +0.04% for half the memory), 2^17 4.4510 / 4.7523 (+0.20% / +0.19%).
-const MAX_TABLE_BITS_WITH_PRIOR: u32 = 18;
+pub const TABLES_WITH_PRIOR: Tables = Tables { max_bits: 18, slots: 2 };
 
 /// One counter: a 22-bit probability of a 1 bit and a 10-bit count of updates.
 type Counter = u32;
@@ -64,6 +74,8 @@ pub struct ContextMix {
     /// Counter tables of all models, `1 << table_bits` counters each.
     counters: Vec<Counter>,
     table_bits: u32,
+    /// Slots per bucket.
+    bucket_slots: usize,
     /// Mixer weights (16.16 fixed point), one set per tree depth.
     weights: [[i32; N_INPUTS]; DEPTH],
     /// Context keys of the next token (valid while `keys_for == history.len()`).
@@ -92,28 +104,17 @@ struct Decision {
 }
 
 impl ContextMix {
-    /// A fresh model for a segment of `tokens` tokens.
-    pub fn new(tokens: usize) -> Self {
-        ContextMix::with_table_bits(tokens, table_bits(tokens, false))
-    }
-
-    /// A fresh model for a segment of `tokens` tokens that will be given a prior.
-    pub fn for_prior(tokens: usize) -> Self {
-        ContextMix::with_table_bits(tokens, table_bits(tokens, true))
-    }
-
-    /// Bytes of the counter tables for a segment of `tokens` tokens.
-    pub fn memory(tokens: usize, with_prior: bool) -> usize {
-        (N_MODELS << table_bits(tokens, with_prior)) * std::mem::size_of::<Counter>()
-    }
-
-    fn with_table_bits(tokens: usize, table_bits: u32) -> Self {
+    /// A fresh model for a segment of `tokens` tokens (`TABLES`, or `TABLES_WITH_PRIOR` for
+    /// one that will be given a prior).
+    pub fn new(tokens: usize, tables: Tables) -> Self {
+        let table_bits = table_bits(tokens, tables);
         ContextMix {
             history: Vec::with_capacity(tokens),
             stretch: Stretch::new(),
             // Zeroed memory is mapped lazily: untouched parts of the tables cost nothing.
             counters: vec![0; N_MODELS << table_bits],
             table_bits,
+            bucket_slots: tables.slots,
             weights: [std::array::from_fn(|i| if i == PRIOR { INITIAL_PRIOR_WEIGHT } else { INITIAL_WEIGHT }); DEPTH],
             keys: [0; N_MODELS],
             keys_for: usize::MAX,
@@ -121,6 +122,11 @@ impl ContextMix {
             path_token: None,
             slots: [[Slot::default(); N_MODELS]; LEVELS],
         }
+    }
+
+    /// Bytes of the counter tables for a segment of `tokens` tokens.
+    pub fn memory(tokens: usize, tables: Tables) -> usize {
+        (N_MODELS << table_bits(tokens, tables)) * std::mem::size_of::<Counter>()
     }
 
     /// Context keys for the next token: up to five neighbour values packed 11 bits apart,
@@ -170,15 +176,16 @@ impl ContextMix {
 
     /// Model `m`'s counter slot for context `key` at the tree level entered at `node`: one of
     /// a bucket of two, the one the context owns or else the less used one (by the count of
-    /// its root counter), which `learn` then claims.
+    /// its root counter), which `learn` then claims; or, with one slot per bucket, that one.
     fn slot(&self, m: usize, key: u64, node: usize) -> Slot {
         let h = mix64(key ^ mix64(node as u64 + ((m as u64) << 16)));
-        let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize & !1;
+        let index = (h >> (64 - (self.table_bits - SLOT_BITS))) as usize & !(self.bucket_slots - 1);
         let check = h as u32 | 1;
         let bases = [0, 1].map(|w| (m << self.table_bits) | ((index | w) << SLOT_BITS));
+        let bases = &bases[..self.bucket_slots];
         let base = match bases.iter().find(|&&b| self.counters[b] == check) {
             Some(&b) => b,
-            None => *bases.iter().min_by_key(|&&b| self.counters[b + 1] & 1023).expect("two"),
+            None => *bases.iter().min_by_key(|&&b| self.counters[b + 1] & 1023).expect("a slot at least"),
         };
         Slot { base, check }
     }
@@ -236,9 +243,8 @@ impl ContextMix {
 
 /// Bits of entries per model's counter table: the tables grow with the segment, so small
 /// segments stay cheap (the size is part of the bitstream: see FORMAT.md).
-fn table_bits(tokens: usize, with_prior: bool) -> u32 {
-    let max = if with_prior { MAX_TABLE_BITS_WITH_PRIOR } else { MAX_TABLE_BITS };
-    (usize::BITS - tokens.leading_zeros() + 4).clamp(12, max)
+fn table_bits(tokens: usize, tables: Tables) -> u32 {
+    (usize::BITS - tokens.leading_zeros() + 4).clamp(12, tables.max_bits)
 }
 
 /// The 12-bit probability that the prior puts on the 1 branch of `node` at depth `d`.
@@ -330,7 +336,7 @@ mod tests {
     #[test]
     fn tables_are_valid_and_agree_with_find() {
         let toks = tokens(300);
-        let mut cm = ContextMix::new(toks.len());
+        let mut cm = ContextMix::new(toks.len(), TABLES);
         for (i, &t) in toks.iter().enumerate() {
             if i % 50 == 0 || i == 299 {
                 let f = frequencies(&mut cm);
@@ -351,7 +357,7 @@ mod tests {
     #[test]
     fn querying_other_tokens_does_not_change_what_is_learned() {
         let toks = tokens(500);
-        let (mut plain, mut probed) = (ContextMix::new(500), ContextMix::new(500));
+        let (mut plain, mut probed) = (ContextMix::new(500, TABLES), ContextMix::new(500, TABLES));
         for &t in &toks {
             frequencies(&mut probed);
             assert_eq!(plain.interval(t), probed.interval(t));
@@ -364,7 +370,7 @@ mod tests {
     fn learns_a_repeating_frame() {
         let frame: Vec<u16> = (0..128).map(|i| (i * 8) as u16).collect();
         let toks: Vec<u16> = frame.iter().cycle().take(128 * 20).copied().collect();
-        let mut cm = ContextMix::new(toks.len());
+        let mut cm = ContextMix::new(toks.len(), TABLES);
         let bits = crate::code::ideal_bits(&toks, &mut cm);
         assert!(bits / (toks.len() as f64) < 1.5, "{} bits/token", bits / toks.len() as f64);
     }

@@ -2,7 +2,7 @@
 //! mixer as a prior (see `context_mix`), so a segment unlike the training data still codes
 //! about as well as the context mixer alone, and one like it about as well as the network.
 
-use super::context_mix::ContextMix;
+use super::context_mix::{ContextMix, Tables};
 use super::neural::Neural;
 use super::{Interval, Predictor};
 
@@ -12,8 +12,9 @@ pub struct Mixed {
 }
 
 impl Mixed {
-    pub fn new(neural: Neural, tokens: usize) -> Mixed {
-        Mixed { neural, context_mix: ContextMix::for_prior(tokens) }
+    /// `tables`: `TABLES_WITH_PRIOR`, or an earlier release's.
+    pub fn new(neural: Neural, tokens: usize, tables: Tables) -> Mixed {
+        Mixed { neural, context_mix: ContextMix::new(tokens, tables) }
     }
 }
 

@@ -13,10 +13,11 @@ pub mod neural;
 pub mod transformer;
 
 pub use adapt::{Rates, MAX_WIDTH as MAX_ADAPTIVE_WIDTH};
-pub use context_mix::ContextMix;
+pub use context_mix::{ContextMix, Tables};
 pub use mixed::Mixed;
 pub use neural::Neural;
 
+use context_mix::{TABLES, TABLES_WITH_PRIOR};
 use std::sync::Arc;
 use transformer::Transformer;
 
@@ -63,16 +64,41 @@ pub enum Learning {
     Online,
 }
 
-/// Predictors of earlier releases whose bitstreams this one no longer decodes, with the last
-/// release that does: the id string (a context mixer's id hashes it alone, the others' hash
-/// it with the weights' id) and the release.
-const RETIRED: [(&str, &str); 4] =
-    [("cvq context-mix 1", "0.1"), ("cvq mixed 2", "0.1"), ("cvq mixed 3", "0.3"), ("cvq mixed-adaptive 1", "0.3")];
+/// A predictor that an earlier release wrote and this one only reads: ids are never retired.
+/// Each differs from this release's context mixer or mixed model (with the same weights and
+/// learning) in its id and its context mixer's tables alone (FORMAT.md, section 4.1).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Earlier {
+    /// Hashed alone into the context mixer's id, before the weights' id into the others'.
+    pub id: &'static str,
+    /// The release that introduced it.
+    pub since: &'static str,
+    /// The network's part: `None` for the context mixer alone, else how it learns.
+    pub network: Option<Learning>,
+    pub tables: Tables,
+}
 
-/// The built-in weights of earlier releases (their id, section 4 of FORMAT.md), which this
-/// one does not carry, with the release.
-const RETIRED_WEIGHTS: [(&str, &str); 1] =
-    [("e31c4e8e8d0eb6cfd2a052fef2f1a96866bd28379218255ec34b28359a981aed", "0.2")];
+/// Every predictor of an earlier release that this one no longer writes, oldest first: id,
+/// the release that introduced it, its network's learning, its tables' largest size (bits of
+/// counters per model) and slots per bucket.
+pub const EARLIER: [Earlier; 4] = [
+    Earlier::new("cvq context-mix 1", "0.1", None, 22, 1),
+    Earlier::new("cvq mixed 2", "0.1", Some(Learning::Frozen), 21, 1),
+    Earlier::new("cvq mixed 3", "0.2", Some(Learning::Frozen), 19, 2),
+    Earlier::new("cvq mixed-adaptive 1", "0.3", Some(Learning::Online), 19, 2),
+];
+
+impl Earlier {
+    const fn new(
+        id: &'static str,
+        since: &'static str,
+        network: Option<Learning>,
+        max_bits: u32,
+        slots: usize,
+    ) -> Self {
+        Earlier { id, since, network, tables: Tables { max_bits, slots } }
+    }
+}
 
 /// The predictors an archive can name. Its id goes into the archive header, so that an
 /// archive is only ever decoded by the predictor that wrote it.
@@ -84,6 +110,8 @@ pub enum Model {
     Neural(Arc<Transformer>, Learning),
     /// The transformer's table mixed into the context mixer.
     Mixed(Arc<Transformer>, Learning),
+    /// An earlier release's predictor, with its weights where it has a network.
+    Earlier(&'static Earlier, Option<Arc<Transformer>>),
 }
 
 impl std::fmt::Debug for Model {
@@ -94,6 +122,7 @@ impl std::fmt::Debug for Model {
             Model::Mixed(t, _) => {
                 write!(f, "{}: context-mix + neural {:?} (weights {})", self.name(), t.spec, hex(&t.hash[..8]))
             }
+            Model::Earlier(e, _) => write!(f, "{:?} of cvq {}", self.base(), e.since),
         }
     }
 }
@@ -104,20 +133,10 @@ fn named_id(name: &[u8], weights: &[u8; 32]) -> [u8; 32] {
     Sha256::new().chain_update(name).chain_update(weights).finalize().into()
 }
 
-/// `RETIRED_WEIGHTS` as bytes.
-fn retired_weights() -> Vec<([u8; 32], &'static str)> {
-    let bytes = |h: &str| std::array::from_fn(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap());
-    RETIRED_WEIGHTS.iter().map(|&(h, release)| (bytes(h), release)).collect()
-}
-
-/// The earlier of two releases ("0.2", "0.10"); an empty one is the current release.
-fn earlier<'a>(a: &'a str, b: &'a str) -> &'a str {
-    let key = |r: &str| -> Vec<u32> { r.split('.').map(|n| n.parse().unwrap_or(u32::MAX)).collect() };
-    if b.is_empty() || key(a) <= key(b) {
-        a
-    } else {
-        b
-    }
+/// Weights `t` if a network that learns as `l` can take them (the adaptive predictors take
+/// networks up to `adapt::MAX_WIDTH`).
+fn fits(t: Option<&Arc<Transformer>>, l: Learning) -> Option<&Arc<Transformer>> {
+    t.filter(|t| l == Learning::Frozen || t.spec.width <= adapt::MAX_WIDTH)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -136,57 +155,60 @@ impl Model {
             Model::Neural(t, Learning::Online) => named_id(NEURAL_ADAPTIVE_ID, &t.hash),
             Model::Mixed(t, Learning::Frozen) => named_id(MIXED_ID, &t.hash),
             Model::Mixed(t, Learning::Online) => named_id(MIXED_ADAPTIVE_ID, &t.hash),
+            Model::Earlier(e, None) => Sha256::digest(e.id).into(),
+            Model::Earlier(e, Some(t)) => named_id(e.id.as_bytes(), &t.hash),
         }
     }
 
-    /// Every predictor of weights `t` (or the context mixer alone), to find an archive's.
+    /// Every predictor this release writes, of weights `t` (or the context mixer alone).
     pub fn all(t: Option<&Arc<Transformer>>) -> Vec<Model> {
         let mut all = vec![Model::ContextMix];
         for l in [Learning::Frozen, Learning::Online] {
-            let t = t.filter(|t| l == Learning::Frozen || t.spec.width <= adapt::MAX_WIDTH);
-            all.extend(t.map(|t| Model::Neural(Arc::clone(t), l)));
-            all.extend(t.map(|t| Model::Mixed(Arc::clone(t), l)));
+            all.extend(fits(t, l).map(|t| Model::Neural(Arc::clone(t), l)));
+            all.extend(fits(t, l).map(|t| Model::Mixed(Arc::clone(t), l)));
         }
         all
     }
 
-    /// Why this release cannot decode an archive id that an earlier one wrote, and what can:
-    /// a retired predictor (with weights `t` or an earlier release's built-in ones), or a
-    /// predictor with an earlier release's built-in weights.
-    pub fn retired(id: &[u8; 32], t: Option<&Transformer>) -> Option<String> {
-        use sha2::{Digest, Sha256};
-        let this = env!("CARGO_PKG_VERSION");
-        let old = retired_weights();
-        // The weights a retired predictor may have used, with the last release that carried
-        // them built in ("" for `t`, which this one has).
-        let weights: Vec<([u8; 32], &str)> = t.map(|t| (t.hash, "")).into_iter().chain(old.iter().copied()).collect();
-        for &(string, release) in &RETIRED {
-            let alone = <[u8; 32]>::from(Sha256::digest(string)) == *id;
-            let with = weights.iter().find(|w| named_id(string.as_bytes(), &w.0) == *id);
-            if alone || with.is_some() {
-                // An earlier release's weights under a later predictor: the earlier release.
-                let release = with.map_or(release, |w| earlier(release, w.1));
-                // "cvq mixed 3" -> "mixed"
-                let name = string.trim_start_matches("cvq ").trim_end_matches(|c: char| c == ' ' || c.is_ascii_digit());
-                return Some(format!(
-                    "archive was written by the {name} predictor of cvq {release}, which cvq {this} no longer decodes: decompress it with cvq {release}"
-                ));
+    /// Every predictor an archive may name, of weights `t` (or the context mixers alone):
+    /// `all`'s and the earlier releases' (ids are never retired).
+    pub fn readable(t: Option<&Arc<Transformer>>) -> Vec<Model> {
+        let mut readable = Model::all(t);
+        for e in &EARLIER {
+            match e.network {
+                None => readable.push(Model::Earlier(e, None)),
+                Some(l) => readable.extend(fits(t, l).map(|t| Model::Earlier(e, Some(Arc::clone(t))))),
             }
         }
-        let (hash, release, name) = old.iter().find_map(|(hash, release)| {
-            let name = if hash == id {
-                "neural"
-            } else if named_id(MIXED_ID, hash) == *id {
-                "mixed"
-            } else {
-                return None;
-            };
-            Some((hash, release, name))
-        })?;
-        Some(format!(
-            "archive was written by the {name} predictor with the built-in weights of cvq {release} (model {}...), which cvq {this} does not carry: pass those weights with --weights, or decompress it with cvq {release}",
-            hex(&hash[..8])
-        ))
+        readable
+    }
+
+    /// This release's predictor that `self` differs from in its id and tables alone.
+    fn base(&self) -> Model {
+        match self {
+            Model::Earlier(e, t) => match (e.network, t) {
+                (Some(l), Some(t)) => Model::Mixed(Arc::clone(t), l),
+                _ => Model::ContextMix,
+            },
+            m => m.clone(),
+        }
+    }
+
+    /// The context mixer's tables (the network alone has none; these are never used).
+    fn tables(&self) -> Tables {
+        match self {
+            Model::ContextMix | Model::Neural(..) => TABLES,
+            Model::Mixed(..) => TABLES_WITH_PRIOR,
+            Model::Earlier(e, _) => e.tables,
+        }
+    }
+
+    /// The release that introduced the predictor, if it is not one this release writes.
+    pub fn since(&self) -> Option<&'static str> {
+        match self {
+            Model::Earlier(e, _) => Some(e.since),
+            _ => None,
+        }
     }
 
     /// The predictor's short name, as `--predictor` spells it.
@@ -197,6 +219,7 @@ impl Model {
             Model::Neural(_, Learning::Online) => "neural-adaptive",
             Model::Mixed(_, Learning::Frozen) => "mixed",
             Model::Mixed(_, Learning::Online) => "mixed-adaptive",
+            Model::Earlier(..) => self.base().name(),
         }
     }
 
@@ -205,19 +228,20 @@ impl Model {
         match self {
             Model::ContextMix => None,
             Model::Neural(t, _) | Model::Mixed(t, _) => Some(t),
+            Model::Earlier(_, t) => t.as_ref(),
         }
     }
 
     /// Fresh predictors for segments of the given token counts, to be advanced in lockstep.
     pub fn batch(&self, sizes: &[usize]) -> Batch {
-        match self {
-            Model::ContextMix => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n)).collect()),
-            Model::Neural(t, _) => {
-                Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n, self.rates())).collect())
-            }
+        let (base, tables) = (self.base(), self.tables());
+        let rates = base.rates();
+        match &base {
+            Model::Neural(t, _) => Batch::Neural(sizes.iter().map(|&n| Neural::new(Arc::clone(t), n, rates)).collect()),
             Model::Mixed(t, _) => Batch::Mixed(
-                sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n, self.rates()), n)).collect(),
+                sizes.iter().map(|&n| Mixed::new(Neural::new(Arc::clone(t), n, rates), n, tables)).collect(),
             ),
+            _ => Batch::ContextMix(sizes.iter().map(|&n| ContextMix::new(n, tables)).collect()),
         }
     }
 
@@ -236,12 +260,14 @@ impl Model {
     /// tables, the transformer's key/value cache (2.2 GB at the spec's limits), its tokens and
     /// what online adaptation learns.
     pub fn memory(&self, tokens: usize) -> usize {
+        let base = self.base();
         let neural =
-            |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2 + self.rates().map_or(0, |r| r.memory(t.spec.width));
-        match self {
-            Model::ContextMix => ContextMix::memory(tokens, false),
+            |t: &Transformer| t.spec.kv_cache_bytes() + tokens * 2 + base.rates().map_or(0, |r| r.memory(t.spec.width));
+        let counters = ContextMix::memory(tokens, self.tables());
+        match &base {
             Model::Neural(t, _) => neural(t),
-            Model::Mixed(t, _) => ContextMix::memory(tokens, true) + neural(t),
+            Model::Mixed(t, _) => counters + neural(t),
+            _ => counters,
         }
     }
 
@@ -254,9 +280,9 @@ impl Model {
     /// the caches themselves gains from more (8 x 512, K=8: 495 at 8, 531 at 16, 503 at 32).
     pub fn batch_size(&self) -> usize {
         match self {
-            Model::ContextMix => 1,
-            Model::Neural(t, _) | Model::Mixed(t, _) if t.matrix_bytes() > 16 << 20 => 32,
-            Model::Neural(..) | Model::Mixed(..) => 8,
+            Model::ContextMix | Model::Earlier(_, None) => 1,
+            Model::Neural(t, _) | Model::Mixed(t, _) | Model::Earlier(_, Some(t)) if t.matrix_bytes() > 16 << 20 => 32,
+            Model::Neural(..) | Model::Mixed(..) | Model::Earlier(..) => 8,
         }
     }
 }
@@ -287,36 +313,5 @@ impl Batch {
             Batch::Neural(p) => &mut p[i],
             Batch::Mixed(p) => &mut p[i],
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retired_ids_name_the_release_that_reads_them() {
-        let old = retired_weights()[0].0;
-        let this = env!("CARGO_PKG_VERSION");
-        // The network alone, or this release's mixer, with weights it no longer carries.
-        for (id, name) in [(old, "neural"), (named_id(MIXED_ID, &old), "mixed")] {
-            let why = Model::retired(&id, None).unwrap();
-            assert!(
-                why.contains(&format!("{name} predictor with the built-in weights of cvq 0.2 (model e31c4e8e")),
-                "{why}"
-            );
-        }
-        // A retired mixer with 0.2's weights: 0.2 read it, even though 0.3 kept that mixer.
-        let why = Model::retired(&named_id(b"cvq mixed 3", &old), None).unwrap();
-        assert_eq!(why, format!("archive was written by the mixed predictor of cvq 0.2, which cvq {this} no longer decodes: decompress it with cvq 0.2"));
-        assert!(Model::retired(&Model::ContextMix.id(), None).is_none());
-        assert!(Model::retired(&named_id(MIXED_ID, &[7; 32]), None).is_none());
-    }
-
-    #[test]
-    fn earlier_compares_releases_by_number() {
-        assert_eq!(earlier("0.3", "0.2"), "0.2");
-        assert_eq!(earlier("0.9", "0.10"), "0.9");
-        assert_eq!(earlier("0.1", ""), "0.1");
     }
 }
