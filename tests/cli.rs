@@ -786,3 +786,25 @@ fn segments_are_numbered_from_1_as_part_counts() {
     assert_eq!(t.status.code(), Some(1));
     assert!(stderr(&t).contains(&format!("segment 2 ({}): token checksum mismatch", names[1])), "{}", stderr(&t));
 }
+
+#[cfg(unix)]
+#[test]
+fn train_runs_the_trainer_beside_cvq_or_names_the_build_command() {
+    use std::os::unix::fs::PermissionsExt;
+    // A copy of cvq alone in a directory, with an empty PATH: no trainer to be found.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("cvq");
+    std::fs::copy(env!("CARGO_BIN_EXE_cvq"), &copy).unwrap();
+    let run = |args: &[&str]| Command::new(&copy).args(args).env("PATH", tmp.path().join("none")).output().unwrap();
+    let missing = run(&["train", "--help"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("cargo build --release -p cvq-train"), "{}", stderr(&missing));
+
+    // A stand-in trainer beside it gets every argument, --help included, and its exit status.
+    let trainer = tmp.path().join("cvq-train");
+    std::fs::write(&trainer, "#!/bin/sh\necho \"trainer: $*\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&trainer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ran = run(&["train", "--dataset", "commaai/commavq", "-v", "--help"]);
+    assert_eq!(ran.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "trainer: --dataset commaai/commavq -v --help\n");
+}

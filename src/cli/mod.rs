@@ -49,6 +49,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train the neural model: runs `cvq-train` with these arguments (`cvq train --help` is its
+    /// help), found beside this binary or on PATH; it holds candle, which cvq does not link.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Train {
+        /// The trainer's arguments, e.g. --dataset commaai/commavq --preset challenge --cuda.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Compress .npy token segments (files, directories of them, or dataset shards) into one
     /// archive.
     Compress {
@@ -403,9 +411,12 @@ fn detail(line: impl std::fmt::Display) {
 }
 
 pub fn main() -> Result<()> {
-    #[cfg(unix)]
-    files::remove_temporary_files_on_signals();
     let cli = Cli::parse();
+    // The trainer handles its own signals (Ctrl-C ends a run with a checkpoint).
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Train { .. }) {
+        files::remove_temporary_files_on_signals();
+    }
     let _ = LEVEL.set(match (cli.quiet, cli.verbose) {
         (true, _) => Level::Quiet,
         (_, true) => Level::Verbose,
@@ -443,6 +454,7 @@ pub fn main() -> Result<()> {
             )
         }
         #[cfg(feature = "plot")]
+        Command::Train { args } => train(&args),
         Command::Plot { input, output, weights, predictors, force } => {
             let models = predictors.iter().map(|p| Ok(p.load(&weights)?.0)).collect::<Result<Vec<_>>>()?;
             plot::run(&input, &models, &output, force)
@@ -617,6 +629,30 @@ fn decode_all(
     })?;
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Run `cvq-train ARGS` (beside this binary, else on PATH) in place of cvq (exec, so that
+/// its signals reach it alone), as cargo and git run their external subcommands.
+fn train(args: &[std::ffi::OsString]) -> Result<()> {
+    const TRAINER: &str = "cvq-train";
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(TRAINER)));
+    let on_path = || std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(TRAINER)).find(|p| p.is_file());
+    let Some(trainer) = beside.filter(|p| p.is_file()).or_else(on_path) else {
+        bail!(
+            "cvq train runs {TRAINER}, which is neither beside cvq nor on PATH: build it with \
+             `cargo build --release -p cvq-train` (add `--features cuda` for a GPU)"
+        )
+    };
+    let mut command = std::process::Command::new(&trainer);
+    command.args(args);
+    #[cfg(unix)]
+    let error = std::os::unix::process::CommandExt::exec(&mut command);
+    #[cfg(not(unix))]
+    let error = match command.status() {
+        Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+        Err(e) => e,
+    };
+    Err(error).with_context(|| format!("{}: cannot run", trainer.display()))
 }
 
 /// The predictor that wrote `archive`, loading weights only if it needs them: those given by
