@@ -10,7 +10,7 @@ use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Model};
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Code one lockstep batch of segments.
 pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegment>> {
@@ -78,11 +78,69 @@ pub fn decode_batch(archive: &Archive, model: &Model, indices: &[usize]) -> Vec<
         .collect()
 }
 
+/// Code the segments that `load` reads from `items`, a lockstep batch per worker of the
+/// current rayon pool, in order; `done` hears of each coded segment (progress). The binary's
+/// compress and eval and the library's `compress_segments` all code through here.
+pub fn encode_each<T: Sync>(
+    items: &[T],
+    model: &Model,
+    load: impl Fn(&T) -> Result<Segment> + Sync,
+    done: impl Fn(&CodedSegment) + Sync,
+) -> Result<Vec<CodedSegment>> {
+    let coded: Vec<Vec<CodedSegment>> = items
+        .par_chunks(model.batch_size())
+        .map(|chunk| {
+            let segments = chunk.iter().map(&load).collect::<Result<Vec<_>>>()?;
+            let coded = encode_batch(model, &segments)?;
+            coded.iter().for_each(&done);
+            Ok(coded)
+        })
+        .collect::<Result<_>>()?;
+    Ok(coded.concat())
+}
+
+/// Decode the entries `indices` of `archive`, a lockstep batch per worker of the current rayon
+/// pool, handing each result to `sink` with its index; stops at the first error `sink` returns.
+pub fn decode_each(
+    archive: &Archive,
+    model: &Model,
+    indices: &[usize],
+    sink: impl Fn(usize, Result<Segment>) -> Result<()> + Sync,
+) -> Result<()> {
+    indices.par_chunks(model.batch_size()).try_for_each(|chunk| {
+        chunk.iter().zip(decode_batch(archive, model, chunk)).try_for_each(|(&i, seg)| sink(i, seg))
+    })
+}
+
+/// Decode the entries `indices` of `archive` (see `decode_each`), handing each intact segment
+/// to `sink`; returns the damaged ones (payload checksum, decoding or token checksum), by
+/// index with the error. Every segment is an independent stream: damage to one never costs
+/// another.
+pub fn decode_intact(
+    archive: &Archive,
+    model: &Model,
+    indices: &[usize],
+    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
+) -> Result<Vec<(usize, anyhow::Error)>> {
+    let (intact, bad): (Vec<usize>, Vec<usize>) = indices.iter().partition(|&&i| archive.check_payload(i).is_ok());
+    let damaged =
+        Mutex::new(bad.into_iter().map(|i| (i, archive.check_payload(i).expect_err("checked"))).collect::<Vec<_>>());
+    decode_each(archive, model, &intact, |i, seg| match seg {
+        Ok(seg) => sink(i, seg),
+        Err(e) => {
+            damaged.lock().expect("no panic while held").push((i, e));
+            Ok(())
+        }
+    })?;
+    let mut damaged = damaged.into_inner().expect("no panic while held");
+    damaged.sort_by_key(|d| d.0);
+    Ok(damaged)
+}
+
 /// Compress segments in memory (in parallel on the current rayon pool).
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
-    let coded: Vec<Vec<CodedSegment>> =
-        segments.par_chunks(model.batch_size()).map(|chunk| encode_batch(model, chunk)).collect::<Result<_>>()?;
-    write_archive(&model.id(), &coded.concat())
+    let coded = encode_each(segments, model, |s| Ok(s.clone()), |_| ())?;
+    write_archive(&model.id(), &coded)
 }
 
 /// Serialise coded segments and read the result back (index, headers, lengths, payload
@@ -99,7 +157,10 @@ pub fn decompress_segments(bytes: &[u8], weights: Option<&Arc<Transformer>>) -> 
     let archive = archive::parse(bytes)?;
     let model = archive_model(&archive, weights)?;
     let indices: Vec<usize> = (0..archive.entries.len()).collect();
-    let batches: Vec<Vec<Result<Segment>>> =
-        indices.par_chunks(model.batch_size()).map(|chunk| decode_batch(&archive, &model, chunk)).collect();
-    batches.into_iter().flatten().collect()
+    let out: Mutex<Vec<Option<Segment>>> = Mutex::new((0..indices.len()).map(|_| None).collect());
+    decode_each(&archive, &model, &indices, |i, seg| {
+        out.lock().expect("no panic while held")[i] = Some(seg?);
+        Ok(())
+    })?;
+    Ok(out.into_inner().expect("no panic while held").into_iter().map(|s| s.expect("every index decoded")).collect())
 }

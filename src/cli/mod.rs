@@ -15,7 +15,7 @@ use crate::archive::{self, Archive, CodedSegment};
 use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
 use crate::model::{default_weights, earlier_weights, Weights};
-use crate::pipeline::{archive_model, decode_batch, encode_batch, write_archive};
+use crate::pipeline::{self, archive_model, write_archive};
 use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Learning, Model, MAX_ADAPTIVE_WIDTH};
 use anyhow::{bail, ensure, Context, Result};
@@ -23,7 +23,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use files::Input;
 use indicatif::{ProgressBar, ProgressStyle};
 use part::Part;
-use rayon::prelude::*;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -558,24 +557,13 @@ fn summary(verb: &str, segments: usize, tokens: usize, bytes: usize, what: &str,
 /// Read and code segments, a lockstep batch per worker, showing progress.
 fn encode_inputs(inputs: &[Input], model: &Model, what: &str) -> Result<Vec<CodedSegment>> {
     let max_tokens = inputs.iter().map(Input::max_tokens).max().unwrap_or(0);
-    let bar = progress(inputs.len(), what);
-    let coded = worker_pool(model, max_tokens)?.install(|| {
-        inputs
-            .par_chunks(model.batch_size())
-            .map(|chunk| {
-                let segments = chunk.iter().map(Input::segment).collect::<Result<Vec<_>>>()?;
-                let coded = encode_batch(model, &segments)?;
-                for c in &coded {
-                    let tokens = c.frames * TOKENS_PER_FRAME;
-                    detail(format_args!("{}: {}, {} payload bytes", c.name, count(tokens, "token"), c.payload.len()));
-                }
-                bar.inc(chunk.len() as u64);
-                Ok(coded)
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    bar.finish_and_clear();
-    Ok(coded.concat())
+    with_workers(model, max_tokens, inputs.len(), what, |bar| {
+        pipeline::encode_each(inputs, model, Input::segment, |c| {
+            let tokens = c.frames * TOKENS_PER_FRAME;
+            detail(format_args!("{}: {}, {} payload bytes", c.name, count(tokens, "token"), c.payload.len()));
+            bar.inc(1);
+        })
+    })
 }
 
 /// Code the segments of `inputs` into an archive for `output`; returns it with its token count.
@@ -601,34 +589,51 @@ fn build_archive(
     if verify {
         let failed = "the archive just written does not decode (a bug in cvq; nothing was written)";
         let all: Vec<usize> = (0..coded.len()).collect();
-        decode_all(&archive::parse(&bytes)?, model, "verify", &all, |_, seg| seg.map(drop)).context(failed)?;
+        let archive = archive::parse(&bytes)?;
+        with_workers(model, max_tokens(&archive, &all), all.len(), "verify", |bar| {
+            pipeline::decode_each(&archive, model, &all, |_, seg| seg.map(|_| bar.inc(1)))
+        })
+        .context(failed)?;
         note("verified: every segment decodes to its token checksum");
     }
     Ok((bytes, tokens))
 }
 
-/// Decode the segments `indices` of `archive`, a lockstep batch per worker, handing each
-/// result to `sink` with its index; stops at the first error `sink` returns.
-fn decode_all(
+/// Run `f` on a pool of workers for segments of up to `max_tokens` tokens (`worker_pool`),
+/// with a progress bar of `len` segments that `f` advances.
+fn with_workers<T: Send>(
+    model: &Model,
+    max_tokens: usize,
+    len: usize,
+    what: &str,
+    f: impl FnOnce(&ProgressBar) -> Result<T> + Send,
+) -> Result<T> {
+    let bar = progress(len, what);
+    let out = worker_pool(model, max_tokens)?.install(|| f(&bar))?;
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The longest of the entries `indices` of `archive`, in tokens.
+fn max_tokens(archive: &Archive, indices: &[usize]) -> usize {
+    indices.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).max().unwrap_or(0)
+}
+
+/// `pipeline::decode_intact` on a pool of workers with a progress bar.
+fn decode_intact(
     archive: &Archive,
     model: &Model,
     what: &str,
     indices: &[usize],
-    sink: impl Fn(usize, Result<Segment>) -> Result<()> + Sync,
-) -> Result<()> {
-    let bar = progress(indices.len(), what);
-    let max_tokens = indices.iter().map(|&i| archive.entries[i].frames * TOKENS_PER_FRAME).max().unwrap_or(0);
-    worker_pool(model, max_tokens)?.install(|| {
-        indices.par_chunks(model.batch_size()).try_for_each(|chunk| -> Result<()> {
-            for (&i, seg) in chunk.iter().zip(decode_batch(archive, model, chunk)) {
-                sink(i, seg)?;
-            }
-            bar.inc(chunk.len() as u64);
+    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
+) -> Result<Vec<(usize, anyhow::Error)>> {
+    with_workers(model, max_tokens(archive, indices), indices.len(), what, |bar| {
+        pipeline::decode_intact(archive, model, indices, |i, seg| {
+            sink(i, seg)?;
+            bar.inc(1);
             Ok(())
         })
-    })?;
-    bar.finish_and_clear();
-    Ok(())
+    })
 }
 
 /// Run `cvq-train ARGS` (beside this binary, else on PATH) in place of cvq (exec, so that
@@ -795,32 +800,6 @@ fn test(archive_path: &Path, weights: &WeightsOpt) -> Result<()> {
     note(summary("tested", n, tokens, bytes.len(), "archive", Some(start.elapsed().as_secs_f64())));
     note("every segment decodes to its token checksum");
     Ok(())
-}
-
-/// Decode the entries `indices` of `archive`, handing each intact segment to `sink`; returns
-/// the damaged ones (payload checksum, decoding or token checksum), by index with the error.
-/// Every segment is an independent stream: damage to one never costs another.
-fn decode_intact(
-    archive: &Archive,
-    model: &Model,
-    what: &str,
-    indices: &[usize],
-    sink: impl Fn(usize, Segment) -> Result<()> + Sync,
-) -> Result<Vec<(usize, anyhow::Error)>> {
-    let (intact, bad): (Vec<usize>, Vec<usize>) = indices.iter().partition(|&&i| archive.check_payload(i).is_ok());
-    let damaged = std::sync::Mutex::new(
-        bad.into_iter().map(|i| (i, archive.check_payload(i).expect_err("checked"))).collect::<Vec<_>>(),
-    );
-    decode_all(archive, model, what, &intact, |i, seg| match seg {
-        Ok(seg) => sink(i, seg),
-        Err(e) => {
-            damaged.lock().expect("no panic while held").push((i, e));
-            Ok(())
-        }
-    })?;
-    let mut damaged = damaged.into_inner().expect("no panic while held");
-    damaged.sort_by_key(|d| d.0);
-    Ok(damaged)
 }
 
 /// Name each damaged segment and fail if there is any, saying that the `n - damaged` others
