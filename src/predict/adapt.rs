@@ -13,7 +13,7 @@
 //! and read through a 12-bit view in Q`VIEW_BITS` that the forward pass multiplies with the
 //! 12-bit hidden row like an attention score (so the sum fits i32).
 
-use super::neural::FreqTable;
+use super::table::FreqTable;
 use super::transformer::fixed::{shift_round, QMAX};
 use super::transformer::kernels;
 use crate::data::VOCAB;

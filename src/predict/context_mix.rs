@@ -13,8 +13,8 @@
 //! codes the same bits either way.
 
 use super::logistic::{squash, Stretch};
-use super::neural::FreqTable;
-use super::{Interval, Predictor, TOTAL};
+use super::table::FreqTable;
+use super::table::{Interval, Predictor, TOTAL};
 use crate::data::TOKENS_PER_FRAME;
 
 /// Hashed into the archive's model id: change it whenever the bitstream would change.

@@ -4,7 +4,7 @@
 
 use super::context_mix::{ContextMix, Tables};
 use super::neural::Neural;
-use super::{Interval, Predictor};
+use super::table::{Interval, Predictor};
 
 pub struct Mixed {
     pub(super) neural: Neural,

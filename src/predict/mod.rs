@@ -1,54 +1,24 @@
-//! Predictors: for the next token of a segment, an integer frequency table over the 1024
-//! token values, every value at least 1 and the total fixed at 2^24.
-//!
-//! A predictor exposes its table through `interval`/`find` rather than as an array, so that
-//! a predictor that builds its table from binary decisions (the context mixer) computes only
-//! the ten splits on the coded token's path. `frequencies` materialises the whole table.
+//! The predictor registry: every predictor an archive can name (`Model`), its id, and the
+//! lockstep batches that code with it. Each predictor gives the coder's frequency tables
+//! (`table`, the contract).
 
 mod adapt;
 mod context_mix;
 mod logistic;
 mod mixed;
 pub mod neural;
+mod table;
 pub mod transformer;
 
 pub use adapt::{Rates, MAX_WIDTH as MAX_ADAPTIVE_WIDTH};
 pub use context_mix::{ContextMix, Tables};
 pub use mixed::Mixed;
 pub use neural::Neural;
+pub use table::{frequencies, FreqTable, Interval, Predictor, TOTAL, TOTAL_BITS};
 
 use context_mix::{TABLES, TABLES_WITH_PRIOR};
 use std::sync::Arc;
 use transformer::Transformer;
-
-use crate::data::VOCAB;
-
-/// Bits of the fixed frequency total.
-pub const TOTAL_BITS: u32 = 24;
-/// Fixed frequency total of every table.
-pub const TOTAL: u32 = 1 << TOTAL_BITS;
-
-/// A token's slice of the table: `[start, start + freq)` out of `TOTAL`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Interval {
-    pub start: u32,
-    pub freq: u32,
-}
-
-/// A model of the next token given the tokens coded so far in the segment (its state).
-pub trait Predictor {
-    /// The interval of `token` in the table for the next token.
-    fn interval(&mut self, token: u16) -> Interval;
-    /// The token whose interval holds `target` (< `TOTAL`), with that interval.
-    fn find(&mut self, target: u32) -> (u16, Interval);
-    /// Learn `token` as the next token of the segment and move on.
-    fn update(&mut self, token: u16);
-}
-
-/// The whole frequency table for the next token.
-pub fn frequencies(p: &mut dyn Predictor) -> Vec<u32> {
-    (0..VOCAB as u16).map(|t| p.interval(t).freq).collect()
-}
 
 /// Hashed with the weights' hash into the mixed model's id.
 const MIXED_ID: &[u8] = b"cvq mixed 4";

@@ -3,40 +3,10 @@
 //! `prepare` (one batched forward step); both give the same integers.
 
 use super::adapt::{Adapter, Rates};
+use super::table::{FreqTable, Interval, Predictor};
 use super::transformer::{Session, Transformer};
-use super::{Interval, Predictor};
 use crate::data::VOCAB;
 use std::sync::Arc;
-
-/// A frequency table as cumulative counts: token `t` owns `[cum[t], cum[t + 1])`.
-pub struct FreqTable {
-    cum: Vec<u32>,
-}
-
-impl FreqTable {
-    pub fn new(freqs: &[u32]) -> FreqTable {
-        let running = freqs.iter().scan(0, |total, &f| {
-            *total += f;
-            Some(*total)
-        });
-        FreqTable { cum: std::iter::once(0).chain(running).collect() }
-    }
-
-    pub fn interval(&self, t: u16) -> Interval {
-        let t = usize::from(t);
-        Interval { start: self.cum[t], freq: self.cum[t + 1] - self.cum[t] }
-    }
-
-    /// The total frequency of tokens `lo..hi`.
-    pub fn mass(&self, lo: usize, hi: usize) -> u32 {
-        self.cum[hi] - self.cum[lo]
-    }
-
-    pub fn find(&self, target: u32) -> (u16, Interval) {
-        let t = self.cum.partition_point(|&c| c <= target) - 1;
-        (t as u16, self.interval(t as u16))
-    }
-}
 
 pub struct Neural {
     model: Arc<Transformer>,
