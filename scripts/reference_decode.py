@@ -14,14 +14,17 @@ written the way the text states it. Section numbers (§) are FORMAT.md's.
 
 import argparse
 import ast
+import bisect
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
 import time
 import zlib
 from array import array
+from fractions import Fraction
 
 import numpy as np
 
@@ -84,37 +87,38 @@ DTYPES = {"<i2": (2, "<"), ">i2": (2, ">"), "<u2": (2, "<"), ">u2": (2, ">"),
 
 
 def parse_npy_header(header):
-    """§1: check a stored npy header; return (descr, shape tuple, frames N)."""
+    """§1 "The npy header": check a stored npy header; return (descr, shape, frames N)."""
     h = bytes(header)
-    if h[:6] != b"\x93NUMPY" or len(h) < 10:
+    if len(h) < 10 or h[:6] != b"\x93NUMPY":
         raise FormatError("npy header: bad magic")
-    major = h[6]
-    if major == 1:
-        dict_start, dict_len = 10, int.from_bytes(h[8:10], "little")
-    elif major in (2, 3):
-        if len(h) < 12:
-            raise FormatError("npy header: truncated preamble")
-        dict_start, dict_len = 12, int.from_bytes(h[8:12], "little")
+    version = (h[6], h[7])
+    if version == (1, 0):
+        start, length = 10, int.from_bytes(h[8:10], "little")
+    elif version in ((2, 0), (3, 0)) and len(h) >= 12:
+        start, length = 12, int.from_bytes(h[8:12], "little")
     else:
-        raise FormatError(f"npy header: unknown version {major}")
-    if dict_start + dict_len != len(h):
+        raise FormatError(f"npy header: unsupported version {version}")
+    if start + length != len(h):
         raise FormatError("npy header: its declared length is not the stored header's length")
-    text = h[dict_start:].decode("utf-8" if major == 3 else "latin-1")
+    text = h[start:]
+    if text.endswith(b"\n"):
+        text = text[:-1]
     try:
-        d = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError) as e:
-        raise FormatError(f"npy header: dictionary does not parse: {e}")
-    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
-        raise FormatError("npy header: expected the keys descr, fortran_order, shape")
+        d = ast.literal_eval(text.decode("utf-8").strip())
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as e:
+        raise FormatError(f"npy header: not a Python dictionary literal ({e})")
+    if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
+        raise FormatError("npy header: a dictionary with the keys descr, fortran_order and shape expected")
     if d["fortran_order"] is not False:
-        raise FormatError("npy header: Fortran order is not supported")
-    if d["descr"] not in DTYPES:
+        raise FormatError("npy header: only C order (fortran_order False) is supported")
+    if not isinstance(d["descr"], str) or d["descr"] not in DTYPES:
         raise FormatError(f"npy header: unsupported dtype {d['descr']!r}")
     shape = d["shape"]
-    if not isinstance(shape, tuple) or not all(isinstance(x, int) and x >= 0 for x in shape):
-        raise FormatError("npy header: bad shape")
+    if not isinstance(shape, (tuple, list)) or not all(type(x) is int and x >= 0 for x in shape):
+        raise FormatError(f"npy header: bad shape {shape!r}")
+    shape = tuple(shape)
     if not (len(shape) == 3 and shape[1:] == (8, 16)) and not (len(shape) == 2 and shape[1] == 128):
-        raise FormatError(f"npy header: unsupported shape {shape}")
+        raise FormatError(f"npy header: unsupported shape {shape}, expected (N, 8, 16) or (N, 128)")
     return d["descr"], shape, shape[0]
 
 
@@ -174,7 +178,10 @@ def read_archive(data):
             raise FormatError(f"entry {i}: payload length past the archive's size")
         p_crc = r.u32le(f"entry {i} payload checksum")
         t_crc = r.u32le(f"entry {i} checksum")
-        descr, shape, n = parse_npy_header(headers[ref])
+        try:
+            descr, shape, n = parse_npy_header(headers[ref])
+        except FormatError as err:
+            raise FormatError(f"entry {i} ({name!r}), header {ref}: {err}")
         if n != frames:
             raise FormatError(f"entry {i}: header says {n} frames, entry says {frames}")
         entries.append(dict(name=name, header=headers[ref], descr=descr, shape=shape,
@@ -445,15 +452,464 @@ class ContextMix:
                 w[i] = min(max(w[i] + ((x[i] * err + (1 << 15)) >> 16), -(1 << 24)), 1 << 24)
 
 
-def decode_context_mix(payload, n_tokens, limit, max_bits=22, two_slots=True):
-    """§3.1: the segment's n_tokens tokens (the first `limit` of them)."""
+# ---------------------------------------------------------------------------------------------
+# §3.2.3 Integer helpers (numpy int64 arrays; the limits of §3.2.1 keep every value in range)
+# ---------------------------------------------------------------------------------------------
+
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def sat32(x):
+    return np.minimum(np.maximum(x, I32_MIN), I32_MAX)
+
+
+def shift_round(x, s):
+    """§3.2.3: round(x / 2^s), halves up, for 1 <= s <= 62; 0 for s >= 63; x * 2^-s for
+    s <= 0; saturated to i32. `s` is an integer or an array like `x`."""
+    x = np.asarray(x, dtype=np.int64)
+    if np.ndim(s) == 0:
+        s = int(s)
+        if 1 <= s <= 62:
+            return sat32((x + (1 << (s - 1))) >> s)
+        if s >= 63:
+            return np.zeros_like(x)
+        if -s > 31:  # any nonzero x saturates
+            return sat32(np.sign(x) << 62)
+        return sat32(np.minimum(np.maximum(x, -(1 << 32)), 1 << 32) << -s)
+    s = np.broadcast_to(np.asarray(s, dtype=np.int64), x.shape)
+    sp = np.minimum(np.maximum(s, 1), 62)
+    right = (x + (np.int64(1) << (sp - 1))) >> sp
+    left = np.minimum(np.maximum(x, -(1 << 32)), 1 << 32) << np.minimum(np.maximum(-s, 0), 31)
+    left = np.where((-s > 31) & (x != 0), np.sign(x) << 62, left)
+    return sat32(np.where(s >= 63, 0, np.where(s >= 1, right, left)))
+
+
+def quantize(x):
+    """§3.2.3: 12-bit integers q and the shift sigma with x ~= q * 2^sigma."""
+    x = np.asarray(x, dtype=np.int64)
+    sigma = int(np.abs(x).max()).bit_length() - 11
+    if sigma > 0:
+        q = np.minimum(np.maximum((x + (1 << (sigma - 1))) >> sigma, -2047), 2047)
+    else:
+        q = x << -sigma
+    return q, sigma
+
+
+def trunc_div(n, d):
+    """trunc(n / d) for an int64 array n and d > 0."""
+    return np.sign(n) * (np.abs(n) // d)
+
+
+def rms_norm(x, gain):
+    """§3.2.3: sat32(trunc(x_i * g_i / isqrt(floor(sum x^2 / n) + 256)))."""
+    total = sum(v * v for v in x.tolist())  # exact: Python integers
+    r = math.isqrt(total // len(x) + 256)
+    return sat32(trunc_div(x * gain, r))
+
+
+def linear(matrix, q, sigma):
+    """§3.2.3: y_r = shift_round((sum_c q_c M[r][c]) * S_r, 24 - sigma), Q12."""
+    w, scale_q24 = matrix
+    return shift_round((w @ q) * scale_q24, 24 - sigma)
+
+
+def build_exp_table():
+    """§3.2.3 exp_neg: E[f] = 2^(-f/256) in Q30, f = 0..256, from integer square roots."""
+    one = 1 << 30
+    c = [0] * 8
+    c[7] = math.isqrt(1 << 59)
+    for k in range(6, -1, -1):
+        c[k] = math.isqrt(c[k + 1] << 30)
+    table = []
+    for f in range(256):
+        a = one
+        for k in range(8):
+            if f >> k & 1:
+                a = (a * c[k] + (1 << 29)) >> 30
+        table.append(a)
+    table.append(1 << 29)
+    return np.array(table, dtype=np.int64)
+
+
+EXP_TABLE = build_exp_table()
+
+
+def exp_neg(t):
+    """§3.2.3: e^(-t/256) in Q30 for integers t in 0..2^32-1 (an array)."""
+    y = np.asarray(t, dtype=np.int64) * 24204406
+    n, f, r = y >> 32, (y >> 24) & 255, (y >> 8) & 65535
+    a, b = EXP_TABLE[f], EXP_TABLE[f + 1]
+    v = (a - (((a - b) * r + (1 << 15)) >> 16)) >> np.minimum(n, 62)
+    return np.where(n >= 31, 0, v)
+
+
+def exp_neg_int(t):
+    return int(exp_neg(np.array([t]))[0])
+
+
+def gelu_exact(x):
+    """§3.2.3: GELU (tanh form) of a Q12 integer, the table's points."""
+    x3 = (x * x // 4096) * x
+    x3 = -((-x3) // 4096) if x3 < 0 else x3 // 4096  # trunc
+    z = (52290 * (x + ((2930 * x3) >> 16))) >> 16
+    e = exp_neg_int(min((2 * abs(z)) >> 4, (1 << 32) - 1))
+    th = ((1 << 30) - e) * (1 << 30) // ((1 << 30) + e)
+    if z < 0:
+        th = -th
+    return (x * ((1 << 30) + th)) >> 31
+
+
+GELU_TABLE = np.array([gelu_exact((i - 512) * 64) for i in range(1025)], dtype=np.int64)
+
+
+def gelu(x):
+    """§3.2.3: the table, interpolated; identity from 8, 0 below -8."""
+    u = np.minimum(np.maximum(x + 32768, 0), 65535)
+    i, f = u >> 6, u & 63
+    a, b = GELU_TABLE[i], GELU_TABLE[i + 1]
+    mid = a + (((b - a) * f + 32) >> 6)
+    return np.where(x >= 32768, x, np.where(x < -32768, 0, mid))
+
+
+# ---------------------------------------------------------------------------------------------
+# §3.2.2 Weights and their integers, §3.2.1 limits, §4 canonical encoding (model id)
+# ---------------------------------------------------------------------------------------------
+
+WEIGHTS_FORMAT = "cvq-gpt-int8-1"
+SPEC_FIELDS = ("layers", "width", "heads", "context_frames", "mlp_width")
+
+
+def tensor_list(spec):
+    """§4: the tensors in id order, with dtype and shape (8 + 11 x layers of them)."""
+    d, m, h, k = spec["width"], spec["mlp_width"], spec["heads"], spec["context_frames"]
+    out = []
+
+    def matrix(name, rows, cols):
+        out.append((name, "I8", [rows, cols]))
+        out.append((name + ".scale", "F32", [rows]))
+
+    matrix("tok_prev", 1025, d)
+    matrix("tok_same", 1025, d)
+    matrix("pos", 128, d)
+    for l in range(spec["layers"]):
+        p = f"layers.{l}."
+        out.append((p + "norm1.gain", "F32", [d]))
+        matrix(p + "attn.qkv", 3 * d, d)
+        out.append((p + "attn.frame_bias", "F32", [h, k + 1]))
+        matrix(p + "attn.out", d, d)
+        out.append((p + "norm2.gain", "F32", [d]))
+        matrix(p + "mlp.up", m, d)
+        matrix(p + "mlp.down", d, m)
+    out.append(("norm_out.gain", "F32", [d]))
+    out.append(("head_bias", "F32", [1024]))
+    return out
+
+
+def check_limits(spec):
+    """§3.2.1: the limits that keep every integer of the engine in range."""
+    L, d, h, k, m = (spec[f] for f in SPEC_FIELDS)
+    if not 1 <= L <= 64:
+        raise FormatError(f"weights: layers must be 1..=64, not {L}")
+    if h < 1 or d % h:
+        raise FormatError(f"weights: width {d} is not a multiple of heads {h}")
+    if d % 16 or not 16 <= d <= 2048:
+        raise FormatError(f"weights: width must be a multiple of 16 in 16..=2048, not {d}")
+    if d // h > 512:
+        raise FormatError(f"weights: head_dim {d // h} exceeds 512")
+    if m % 16 or not 16 <= m <= 8192:
+        raise FormatError(f"weights: mlp_width must be a multiple of 16 in 16..=8192, not {m}")
+    if not 1 <= k <= 32:
+        raise FormatError(f"weights: context_frames must be 1..=32, not {k}")
+
+
+def to_fixed(v, bits):
+    """§3.2.2: round(f64(v) * 2^bits), halves away from zero, exactly."""
+    x = Fraction(float(v)) * (1 << bits)
+    r = math.floor(abs(x) + Fraction(1, 2))
+    return r if x >= 0 else -r
+
+
+class Weights:
+    """A weights file (§3.2.2): its spec, its tensors, its model id (§4)."""
+
+    def __init__(self, path):
+        self.path = path
+        raw = open(path, "rb").read()
+        try:
+            n = int.from_bytes(raw[:8], "little")
+            header = json.loads(raw[8 : 8 + n])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FormatError(f"{path}: not a safetensors file ({e})")
+        data = raw[8 + n :]
+        meta = header.pop("__metadata__", None) or {}
+        if meta.get("format") != WEIGHTS_FORMAT:
+            raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}")
+        try:
+            self.spec = {f: int(meta[f]) for f in SPEC_FIELDS}
+        except (KeyError, ValueError) as e:
+            raise FormatError(f"{path}: metadata lacks a spec field ({e})")
+        check_limits(self.spec)
+        expected = tensor_list(self.spec)
+        if set(header) != {name for name, _, _ in expected}:
+            raise FormatError(f"{path}: tensors differ from the spec's: "
+                              f"{sorted(set(header) ^ {name for name, _, _ in expected})}")
+        self.tensors = {}
+        ident = hashlib.sha256()
+
+        def string(text):
+            ident.update(len(text.encode()).to_bytes(4, "little") + text.encode())
+
+        def integer(v):
+            ident.update(v.to_bytes(8, "little"))
+
+        string(WEIGHTS_FORMAT)
+        for f in SPEC_FIELDS:
+            integer(self.spec[f])
+        integer(len(expected))
+        for name, dtype, shape in expected:
+            t = header[name]
+            if t["dtype"] != dtype or list(t["shape"]) != shape:
+                raise FormatError(f"{path}: tensor {name} is {t['dtype']} {t['shape']}, expected {dtype} {shape}")
+            begin, end = t["data_offsets"]
+            blob = data[begin:end]
+            count = int(np.prod(shape))
+            if len(blob) != count * (1 if dtype == "I8" else 4):
+                raise FormatError(f"{path}: tensor {name} has {len(blob)} bytes")
+            string(name)
+            string(dtype)
+            integer(len(shape))
+            for dim in shape:
+                integer(dim)
+            integer(len(blob))
+            ident.update(blob)
+            arr = np.frombuffer(blob, dtype=np.int8 if dtype == "I8" else "<f4").reshape(shape)
+            if dtype == "F32" and not np.all(np.isfinite(arr)):
+                raise FormatError(f"{path}: tensor {name} holds a non-finite value")
+            if name.endswith(".scale") and not np.all((arr >= 0) & (arr <= 256)):
+                raise FormatError(f"{path}: tensor {name} holds a row scale outside 0..=256")
+            self.tensors[name] = arr
+        self.model_id = ident.digest()
+
+
+class Network:
+    """§3.2.2: the weights as the integers the engine computes with."""
+
+    def __init__(self, w):
+        self.spec = w.spec
+        t = w.tensors
+        q24 = lambda name: np.array([to_fixed(v, 24) for v in t[name].tolist()], dtype=np.int64)
+        q12 = lambda name: np.array([min(max(to_fixed(v, 12), I32_MIN), I32_MAX) for v in t[name].tolist()],
+                                    dtype=np.int64)
+
+        def matrix(name, rows=None):
+            m, s = t[name].astype(np.int64), q24(name + ".scale")
+            return (m, s) if rows is None else (m[:rows], s[:rows])
+
+        def embedding(name):
+            m, s = matrix(name)
+            return shift_round(m * s[:, None], 12)
+
+        self.tok_prev, self.tok_same, self.pos = embedding("tok_prev"), embedding("tok_same"), embedding("pos")
+        self.layers = []
+        K = self.spec["context_frames"]
+        for l in range(self.spec["layers"]):
+            p = f"layers.{l}."
+            fb = [min(max(to_fixed(v, 8), -(1 << 20)), 1 << 20) for v in t[p + "attn.frame_bias"].reshape(-1).tolist()]
+            self.layers.append(dict(
+                norm1=q12(p + "norm1.gain"), qkv=matrix(p + "attn.qkv"),
+                frame_bias=np.array(fb, dtype=np.int64).reshape(self.spec["heads"], K + 1),
+                out=matrix(p + "attn.out"), norm2=q12(p + "norm2.gain"),
+                up=matrix(p + "mlp.up"), down=matrix(p + "mlp.down")))
+        self.norm_out = q12("norm_out.gain")
+        self.head = matrix("tok_same", rows=1024)
+        self.head_bias = q12("head_bias")
+
+
+class NetworkState:
+    """§3.2.4: one segment's pass through the network, element by element, keeping every
+    element's quantized keys and values (per layer and head) for the elements after it."""
+
+    def __init__(self, net, n_tokens):
+        self.net = net
+        s = net.spec
+        self.d, self.heads, self.K = s["width"], s["heads"], s["context_frames"]
+        self.hd = self.d // self.heads
+        shape = (s["layers"], self.heads, max(n_tokens, 1))
+        self.keys = np.zeros(shape + (self.hd,), dtype=np.int64)
+        self.vals = np.zeros(shape + (self.hd,), dtype=np.int64)
+        self.kshift = np.zeros(shape, dtype=np.int64)
+        self.vshift = np.zeros(shape, dtype=np.int64)
+
+    def step(self, p, tokens):
+        """Element p: returns the Q12 logits and the last hidden row (H, sigma)."""
+        net, d, hd = self.net, self.d, self.hd
+        t, k = divmod(p, TOKENS_PER_FRAME)
+        prev = tokens[p - 1] if p > 0 else 1024
+        same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
+        # 1. Input: saturating adds, left to right.
+        x = sat32(sat32(net.tok_prev[prev] + net.tok_same[same]) + net.pos[k])
+        lo = max(0, t - self.K) * TOKENS_PER_FRAME  # the window: elements lo..p
+        dt = t - np.arange(lo, p + 1) // TOKENS_PER_FRAME
+        for l, layer in enumerate(net.layers):
+            # 2.1 Query, key and value.
+            h, s = quantize(rms_norm(x, layer["norm1"]))
+            y = linear(layer["qkv"], h, s)
+            o = np.zeros(d, dtype=np.int64)
+            # 2.2 Attention, head by head.
+            for j in range(self.heads):
+                dims = slice(j * hd, (j + 1) * hd)
+                self.keys[l, j, p], self.kshift[l, j, p] = quantize(y[d:][dims])
+                self.vals[l, j, p], self.vshift[l, j, p] = quantize(y[2 * d :][dims])
+                qq, sq = quantize(y[dims])
+                score = self.keys[l, j, lo : p + 1] @ qq
+                a = sat32(shift_round(score, 16 - sq - self.kshift[l, j, lo : p + 1]) + layer["frame_bias"][j][dt])
+                w = exp_neg(a.max() - a)
+                inv = (1 << 51) // int(w.sum())
+                vs = self.vshift[l, j, lo : p + 1]
+                vmax = int(vs[w > 0].max())
+                gap = vmax - vs
+                P = np.where((w > 0) & (gap < 32), (w * inv) >> (32 + np.minimum(np.maximum(gap, 0), 31)), 0)
+                acc = P @ self.vals[l, j, lo : p + 1]
+                o[dims] = shift_round(acc, 19 - vmax)
+            # 2.3 Attention output.
+            a, s = quantize(o)
+            x = sat32(x + linear(layer["out"], a, s))
+            # 2.4 MLP.
+            h, s = quantize(rms_norm(x, layer["norm2"]))
+            g, s2 = quantize(gelu(linear(layer["up"], h, s)))
+            x = sat32(x + linear(layer["down"], g, s2))
+        # 3. Output.
+        H, sigma = quantize(rms_norm(x, net.norm_out))
+        logits = sat32(linear(net.head, H, sigma) + net.head_bias)
+        return logits, H, sigma
+
+
+def frequency_table(logits):
+    """§3.2.5: the coder's table from Q12 logits; the leftover goes to the first token with
+    the largest *rounded* logit."""
+    l8 = shift_round(logits, 4)
+    top = l8.max()
+    e = exp_neg(top - l8)
+    freq = 1 + (e * (TOTAL - VOCAB)) // int(e.sum())
+    freq[int(np.argmax(l8 == top))] += TOTAL - int(freq.sum())
+    return freq
+
+
+class Table:
+    """A frequency table with its running sums: token v owns [cum[v], cum[v+1])."""
+
+    def __init__(self, freq):
+        self.freq = freq
+        self.cum = [0] + np.cumsum(freq).tolist()
+
+    def find(self, target):
+        v = bisect.bisect_right(self.cum, target) - 1
+        return v, self.cum[v], self.cum[v + 1] - self.cum[v]
+
+    def mass(self, lo, hi):
+        return self.cum[hi] - self.cum[lo]
+
+
+# ---------------------------------------------------------------------------------------------
+# §3.4 Online adaptation of the output layer
+# ---------------------------------------------------------------------------------------------
+
+M_MAX = 2047 * (1 << 16) + (1 << 15) - 1
+
+
+class Adapter:
+    """§3.4: the segment's changes to the output matrix (M in Q30, its view V in Q14) and
+    bias (B in Q24), all starting at zero; rates rm (matrix) and rb (bias, or None)."""
+
+    def __init__(self, width, rm, rb):
+        if width > 512:
+            raise FormatError("the adaptive predictors take networks up to width 512")
+        self.rm, self.rb = rm, rb
+        self.M = np.zeros((VOCAB, width), dtype=np.int64)
+        self.V = np.zeros((VOCAB, width), dtype=np.int64)
+        self.B = np.zeros(VOCAB, dtype=np.int64)
+
+    def adjust(self, logits, H, sigma):
+        self.H, self.sigma = H, sigma
+        logits = sat32(logits + shift_round(self.V @ H, 14 - sigma))
+        return sat32(logits + shift_round(self.B, 12))
+
+    def learn(self, freq, y):
+        target = np.zeros(VOCAB, dtype=np.int64)
+        target[y] = TOTAL
+        g = shift_round(freq - target, 18)
+        rows = np.nonzero(g)[0]  # tokens in order; only g != 0 moves
+        if len(rows) == 0:
+            return
+        g = g[rows]
+        if self.rb is not None:
+            self.B[rows] = sat32(self.B[rows] - shift_round(g << 18, self.rb))
+        s = self.rm - 12 - self.sigma
+        prod = g[:, None] * self.H[None, :]
+        d = (prod + (1 << (s - 1))) >> s if s > 0 else prod << -s
+        m = self.M[rows]
+        m = np.minimum(np.maximum(m - (m >> 8) - d, -M_MAX), M_MAX)
+        self.M[rows] = m
+        self.V[rows] = (m + (1 << 15)) >> 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding a segment with each model (§3.1, §3.2, §3.3, §3.4)
+# ---------------------------------------------------------------------------------------------
+
+
+class NeuralTables:
+    """§3.2 (and §3.4): the network's table for each token, adapted when rates are given."""
+
+    def __init__(self, net, n_tokens, rates=None):
+        self.state = NetworkState(net, n_tokens)
+        self.adapter = Adapter(net.spec["width"], *rates) if rates else None
+
+    def table(self, p, tokens):
+        logits, H, sigma = self.state.step(p, tokens)
+        if self.adapter:
+            logits = self.adapter.adjust(logits, H, sigma)
+        return Table(frequency_table(logits))
+
+    def learn(self, table, token):
+        if self.adapter:
+            self.adapter.learn(table.freq, token)
+
+
+def split_p(table, d, n):
+    """§3.3: the prior's 12-bit probability of the 1 branch at node n of depth d."""
+    w = 1024 >> d
+    lo = (n - (1 << d)) * w
+    zeros, ones = table.mass(lo, lo + w // 2), table.mass(lo + w // 2, lo + w)
+    return min(max((ones << 12) // (zeros + ones), 1), 4095)
+
+
+def decode_segment(model, payload, n_tokens, limit):
+    """Decode the first `limit` of a segment's n_tokens tokens with `model` (a dict:
+    kind, and net / tables / rates as the kind needs)."""
     rc = RangeDecoder(payload)
-    cm = ContextMix(n_tokens, max_bits, two_slots)
     tokens = []
+    kind = model["kind"]
+    cm = ContextMix(n_tokens, *model["tables"]) if kind in ("context-mix", "mixed") else None
+    nt = NeuralTables(model["net"], n_tokens, model.get("rates")) if kind in ("neural", "mixed") else None
     for i in range(limit):
-        cm.begin(i, tokens)
-        cm.path = []
-        tokens.append(decode_tree_token(rc, cm.node_p, cm.learn))
+        if kind == "neural":  # §3.2: the table itself
+            table = nt.table(i, tokens)
+            token, start, freq = table.find(rc.target())
+            rc.consume(start, freq)
+            nt.learn(table, token)
+        else:  # §3.1, §3.3: the tree, with the network's table as the prior
+            cm.begin(i, tokens)
+            cm.path = []
+            if nt is None:
+                node_p = cm.node_p
+            else:
+                table = nt.table(i, tokens)
+                node_p = lambda d, n: cm.node_p(d, n, STRETCH[split_p(table, d, n)])
+            token = decode_tree_token(rc, node_p, cm.learn)
+            if nt is not None:
+                nt.learn(table, token)
+        tokens.append(token)
     return tokens, rc
 
 
@@ -461,10 +917,38 @@ def decode_context_mix(payload, n_tokens, limit, max_bits=22, two_slots=True):
 # §4 Model id, §4.1 every release's predictors
 # ---------------------------------------------------------------------------------------------
 
+CM_TABLES, MIXED_TABLES = (22, True), (18, True)
+NEURAL_ADAPTIVE_RATES, MIXED_ADAPTIVE_RATES = (9, 6), (11, None)
+
+# §4.1: id string -> (kind, context mixer's tables (largest B, two slots per bucket), rates).
 CONTEXT_MIX_IDS = {
-    sha256(b"cvq context-mix 2"): ("cvq context-mix 2", dict(max_bits=22, two_slots=True)),
-    sha256(b"cvq context-mix 1"): ("cvq context-mix 1", dict(max_bits=22, two_slots=False)),
+    "cvq context-mix 2": CM_TABLES,
+    "cvq context-mix 1": (22, False),
 }
+NETWORK_IDS = {
+    "cvq mixed 4": ("mixed", MIXED_TABLES, None),
+    "cvq mixed 3": ("mixed", (19, True), None),
+    "cvq mixed 2": ("mixed", (21, False), None),
+    "cvq neural-adaptive 1": ("neural", None, NEURAL_ADAPTIVE_RATES),
+    "cvq mixed-adaptive 2": ("mixed", MIXED_TABLES, MIXED_ADAPTIVE_RATES),
+    "cvq mixed-adaptive 1": ("mixed", (19, True), MIXED_ADAPTIVE_RATES),
+}
+
+
+def find_model(model_id, weights_paths):
+    """§4: the predictor an archive's id names; weights are tried in order, loaded lazily."""
+    for name, tables in CONTEXT_MIX_IDS.items():
+        if model_id == sha256(name.encode()):
+            return dict(kind="context-mix", name=name, tables=tables)
+    for path in weights_paths:
+        w = Weights(path)
+        if model_id == w.model_id:
+            return dict(kind="neural", name="neural", weights=w)
+        for name, (kind, tables, rates) in NETWORK_IDS.items():
+            if model_id == sha256(name.encode(), w.model_id):
+                return dict(kind=kind, name=name, weights=w, tables=tables, rates=rates)
+    raise FormatError(f"unknown model id {model_id.hex()}: not a context mixer's, nor one of the weights "
+                      f"tried ({', '.join(weights_paths) or 'none'})")
 
 
 def main(argv=None):
@@ -472,24 +956,43 @@ def main(argv=None):
     ap.add_argument("archive")
     ap.add_argument("-o", "--output", required=True, help="directory to write the segments into")
     ap.add_argument("--frames", type=int, default=None, help="decode only the first N frames of each segment")
-    ap.add_argument("--weights", default=None, help="int8 safetensors weights of the neural model")
+    ap.add_argument("--weights", default=None,
+                    help="int8 safetensors weights of the neural model (default: the repository's "
+                         "weights/default.safetensors; earlier releases' weights/*.safetensors are found by model id)")
     args = ap.parse_args(argv)
+    if args.frames is not None and args.frames < 0:
+        ap.error("--frames must be at least 0")
 
-    data = open(args.archive, "rb").read()
+    repo_weights = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights")
+    paths = [args.weights] if args.weights else [os.path.join(repo_weights, "default.safetensors")]
+    if os.path.isdir(repo_weights):
+        paths += sorted(os.path.join(repo_weights, f) for f in os.listdir(repo_weights)
+                        if f.endswith(".safetensors") and f != "default.safetensors")
+    seen, unique = set(), []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen and (os.path.exists(p) or p == args.weights):
+            seen.add(real)
+            unique.append(os.path.relpath(real) if real.startswith(os.getcwd() + os.sep) else real)
+    paths = unique
+
     try:
+        data = open(args.archive, "rb").read()
         model_id, entries = read_archive(data)
-    except FormatError as e:
+        model = find_model(model_id, paths)
+        if "weights" in model:
+            model["net"] = Network(model["weights"])
+    except (OSError, FormatError) as e:
         sys.exit(f"{args.archive}: {e}")
-    if model_id not in CONTEXT_MIX_IDS:
-        sys.exit(f"{args.archive}: unknown model id {model_id.hex()}")
-    name, params = CONTEXT_MIX_IDS[model_id]
+    print(f"{args.archive}: {model['name']}" + (f" (weights {model['weights'].path})" if "weights" in model else ""),
+          file=sys.stderr)
     os.makedirs(args.output, exist_ok=True)
     for e in entries:
         frames = e["frames"] if args.frames is None else min(args.frames, e["frames"])
         t0 = time.time()
         try:
-            tokens, rc = decode_context_mix(e["payload"], e["frames"] * TOKENS_PER_FRAME,
-                                            frames * TOKENS_PER_FRAME, **params)
+            tokens, rc = decode_segment(model, e["payload"], e["frames"] * TOKENS_PER_FRAME,
+                                        frames * TOKENS_PER_FRAME)
             if frames == e["frames"]:  # §2 step 3
                 rc.finish()
                 if token_crc(tokens) != e["token_crc"]:
