@@ -340,7 +340,8 @@ class ContextMix:
     def __init__(self, n_tokens, max_bits=22, two_slots=True):
         self.B = min(max(bitlen(n_tokens) + 4, 12), max_bits)
         self.two_slots = two_slots
-        self.table = array("I", bytes(4 * (N_MODELS << self.B)))
+        self.table = array("I", [0]) * (N_MODELS << self.B)  # every table starts all zero
+        assert self.table.itemsize == 4
         self.weights = [[8192] * (N_INPUTS - 1) + [49152] for _ in range(10)]
         self.tokens = []
 
