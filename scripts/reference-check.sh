@@ -35,14 +35,14 @@ PY
 
 seconds() { echo "$(date +%s.%N) $1" | awk '{printf "%.1f", $1 - $2}'; }
 
-# compare NAME DIR_CVQ DIR_REF: every file of both directories, byte for byte.
+# compare NAME DIR_CVQ DIR_REF: every file of both directories, byte for byte; 1 on a difference.
 compare() {
     if ! diff <(ls "$2") <(ls "$3") >/dev/null; then
-        echo "FAIL $1: different files: $(ls "$2" | tr '\n' ' ') / $(ls "$3" | tr '\n' ' ')"; failed=1; return
+        echo "FAIL $1: different files: $(ls "$2" | tr '\n' ' ') / $(ls "$3" | tr '\n' ' ')"; return 1
     fi
     local f
     for f in $(ls "$2"); do
-        cmp "$2/$f" "$3/$f" || { echo "FAIL $1: $f differs"; failed=1; return; }
+        cmp "$2/$f" "$3/$f" || { echo "FAIL $1: $f differs"; return 1; }
     done
 }
 
@@ -62,9 +62,11 @@ for f in glob.glob(sys.argv[1] + '/*'):
     if ! $ref "$archive" -o "$got" ${frames:+--frames $frames} 2>"$work/log-$name"; then
         echo "FAIL $name: the reference decoder failed:"; cat "$work/log-$name"; failed=1; return
     fi
-    local before=$failed
-    compare "$name" "$out" "$got"
-    [ "$failed" = "$before" ] && echo "ok   $name: $(ls "$got" | wc -l) file(s) identical; reference decode $(seconds "$t0") s"
+    if compare "$name" "$out" "$got"; then
+        echo "ok   $name: $(ls "$got" | wc -l) file(s) identical; reference decode $(seconds "$t0") s"
+    else
+        failed=1
+    fi
 }
 
 "$cvq" compress -q "$work/c100.npy" "$work/be2.npy" "$work/empty.npy" -o "$work/context-mix.cvq" --predictor context-mix
