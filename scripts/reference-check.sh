@@ -12,8 +12,8 @@
 # Needs python3 with numpy. Usage: scripts/reference-check.sh [CVQ]  (default ./target/release/cvq)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+cvq=$(realpath -m "${1:-$root/target/release/cvq}")  # a path given is taken from where the caller is
 cd "$root"
-cvq=$(realpath "${1:-./target/release/cvq}")
 [ -x "$cvq" ] || { echo "reference-check: no cvq binary at $cvq (build it, or pass its path)" >&2; exit 2; }
 ref="python3 $root/scripts/reference_decode.py"
 clip=${CVQ_DATA:-tests/data}/clip.npy

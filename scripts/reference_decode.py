@@ -8,8 +8,10 @@ stored name, byte for byte what `cvq decompress` writes: the stored npy header f
 tokens in the header's dtype. `--frames N` stops each segment after N frames and writes those,
 under a header for N frames (FORMAT.md section 1, "A header for fewer frames").
 
-Python 3 and numpy only, no code shared with the Rust crate; slow on purpose: every step is
-written the way the text states it. Section numbers (§) are FORMAT.md's.
+Python 3 and numpy only, no code shared with the Rust crate. Slow (a few seconds for ten
+frames through the network), because every step is written the way the text states it.
+Section numbers (§) are FORMAT.md's. Exits with a message naming the problem on a damaged
+archive, an unknown model id or weights that break the format's rules.
 """
 
 import argparse
@@ -19,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import struct
 import sys
 import time
 import zlib
@@ -82,8 +83,7 @@ class Reader:
 
 
 # §1 "The npy header and the restored file": the dtypes a header may name.
-DTYPES = {"<i2": (2, "<"), ">i2": (2, ">"), "<u2": (2, "<"), ">u2": (2, ">"),
-          "<i4": (4, "<"), ">i4": (4, ">"), "<i8": (8, "<"), ">i8": (8, ">")}
+DTYPES = ("<i2", ">i2", "<u2", ">u2", "<i4", ">i4", "<i8", ">i8")
 
 
 def parse_npy_header(header):
@@ -208,9 +208,7 @@ def restored_file(entry, tokens):
     header = entry["header"]
     if len(tokens) != entry["frames"] * TOKENS_PER_FRAME:  # --frames: a header for fewer frames
         header = npy_header_for(entry["descr"], (len(tokens) // TOKENS_PER_FRAME,) + entry["shape"][1:])
-    width, order = DTYPES[entry["descr"]]
-    values = b"".join(t.to_bytes(width, "little" if order == "<" else "big") for t in tokens)
-    return bytes(header) + values
+    return bytes(header) + np.asarray(tokens, dtype=np.int64).astype(entry["descr"]).tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +344,8 @@ class ContextMix:
         self.tokens = []
 
     # Contexts: taken before the token.
-    def begin(self, i, tokens, frame_shape=(8, 16)):
+    def begin(self, i, tokens):
+        """§3.1 Contexts: the 14 keys of token i, from the tokens before it."""
         t, k = divmod(i, TOKENS_PER_FRAME)
         r, c = divmod(k, 16)
 
@@ -376,7 +375,7 @@ class ContextMix:
                 key = ((key << 11) | v) & MASK64
             self.keys.append(key)
         self.slots = [None, None]  # per level (depth 0, depth 5): [(base, check)] per model
-        self.inputs = [None] * 10
+        self.inputs = [None] * 10  # the mixer's inputs at each depth of the walk
         self.path = []  # (d, n, p) along the decoded token
 
     def select_slots(self, level, n):
@@ -901,7 +900,6 @@ def decode_segment(model, payload, n_tokens, limit):
             nt.learn(table, token)
         else:  # §3.1, §3.3: the tree, with the network's table as the prior
             cm.begin(i, tokens)
-            cm.path = []
             if nt is None:
                 node_p = cm.node_p
             else:
