@@ -1,6 +1,7 @@
 //! The archive container: an index (model id, distinct npy headers, one entry per segment)
 //! followed by the segments' independent coded payloads. FORMAT.md is the specification.
 
+pub use crate::data::{check_name, MAX_NAME};
 use crate::data::npy::parse_header;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
@@ -11,8 +12,6 @@ pub const VERSION: u8 = 2;
 /// Largest segment accepted, in frames (about 55 minutes at 20 fps). Bounds what a forged
 /// archive can make the decoder do.
 pub const MAX_FRAMES: usize = 1 << 16;
-/// Longest segment name, in bytes (the usual file-system limit).
-pub const MAX_NAME: usize = 255;
 /// Longest npy header kept, in bytes.
 pub const MAX_HEADER: usize = 1 << 16;
 
@@ -231,16 +230,6 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-}
-
-/// Names become file names in the output directory: no paths, nothing hidden behind them.
-pub fn check_name(name: &str) -> Result<()> {
-    ensure!(
-        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']),
-        "segment name {name:?} is not a plain file name"
-    );
-    ensure!(name.len() <= MAX_NAME, "segment name {name:?} is longer than {MAX_NAME} bytes");
-    Ok(())
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -76,7 +76,7 @@ fn file_name(json: &[u8]) -> Result<String> {
     let v: serde_json::Value = serde_json::from_slice(json).context("not JSON")?;
     let name = v.get("file_name").and_then(|n| n.as_str()).context("JSON has no string \"file_name\"")?;
     let base = name.rsplit('/').next().unwrap_or(name);
-    crate::archive::check_name(base)?;
+    super::check_name(base)?;
     Ok(base.to_string())
 }
 
