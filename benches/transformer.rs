@@ -19,15 +19,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn tokens(frames: usize, seed: u64) -> Vec<u16> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..frames * 128)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % 1024) as u16
-        })
-        .collect()
+    let mut rng = cvq::data::synthetic::XorShift::new(seed);
+    (0..frames * 128).map(|_| (rng.next() % 1024) as u16).collect()
 }
 
 /// Multiply-accumulates per second of the linear layers alone: the model's matrices applied

@@ -1,8 +1,8 @@
 //! The archive container: an index (model id, distinct npy headers, one entry per segment)
 //! followed by the segments' independent coded payloads. FORMAT.md is the specification.
 
-pub use crate::data::{check_name, MAX_NAME};
 use crate::data::npy::parse_header;
+pub use crate::data::{check_name, MAX_NAME};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 

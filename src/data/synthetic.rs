@@ -4,14 +4,31 @@
 
 use super::{Segment, TOKENS_PER_FRAME, VOCAB};
 
+/// xorshift64 (13, 7, 17): the seeded stream of generated segments, random weights and
+/// test data, the same on every machine.
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A stream for `seed` (spread by the golden ratio, made odd: never the stuck 0).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    #[allow(clippy::should_implement_trait)] // an endless stream, not an Iterator
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// A seeded int16 (frames, 8, 16) segment.
 pub fn segment(name: &str, frames: usize, seed: u64) -> Segment {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = XorShift::new(seed);
     let mut tokens: Vec<u16> = Vec::with_capacity(frames * TOKENS_PER_FRAME);
     for i in 0..frames * TOKENS_PER_FRAME {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let copy = i >= TOKENS_PER_FRAME && !x.is_multiple_of(4);
         tokens.push(if copy { tokens[i - TOKENS_PER_FRAME] } else { (x >> 20) as u16 % VOCAB as u16 });
     }

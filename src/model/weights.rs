@@ -2,6 +2,7 @@
 //! per output row in `NAME.scale`; gains and biases are f32. The spec is in the metadata.
 
 use super::spec::{Kind, ModelSpec, MAX_ROW_SCALE};
+use crate::data::synthetic::XorShift;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -155,7 +156,7 @@ impl Weights {
     /// that activations keep a unit-ish scale. Same seed, same bytes, on every machine.
     pub fn random(spec: ModelSpec, seed: u64) -> Result<Weights> {
         spec.validate()?;
-        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = XorShift::new(seed);
         let mut linear = |rows: usize, cols: usize, gain: f32| Linear {
             rows,
             cols,
@@ -288,15 +289,4 @@ fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> 
         bail!("tensor {name:?}.scale holds {s}, outside 0..={MAX_ROW_SCALE} (the limit that keeps the integer rescale within i64)");
     }
     Ok(Linear { rows: shape[0], cols: shape[1], w, scale })
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }

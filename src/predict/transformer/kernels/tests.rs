@@ -1,14 +1,9 @@
 use super::*;
 
-/// A xorshift32 stream (seed made odd, so never 0).
+/// A seeded stream of u32 (the high halves of `XorShift`'s).
 fn rng(seed: u32) -> impl FnMut() -> u32 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    }
+    let mut rng = crate::data::synthetic::XorShift::new(seed.into());
+    move || (rng.next() >> 32) as u32
 }
 
 fn vals(n: usize, seed: u32, max: i32) -> Vec<i16> {
