@@ -571,7 +571,7 @@ fn every_archive_of_an_earlier_release_decodes_out_of_the_box() {
         .filter(|p| p.extension() == Some("cvq".as_ref()))
         .collect();
     archives.sort();
-    assert!(archives.len() >= 6, "an archive of an earlier release is missing: {archives:?}");
+    assert!(archives.len() >= 8, "an archive of an earlier release is missing: {archives:?}");
     let tmp = tempfile::tempdir().unwrap();
     for archive in &archives {
         // cvq-0.3-mixed-adaptive.cvq: written by the mixed-adaptive predictor.
@@ -594,7 +594,7 @@ fn weights_given_override_the_built_in_ones_and_unknown_weights_are_named() {
     let with = |w: &Path, out: &str| cvq(&["decompress", p(&old), "-o", p(&tmp.path().join(out)), "--weights", p(w)]);
     assert!(with(&weights("cvq-0.2.safetensors"), "given").status.success());
     // Given weights are the only ones tried, even where built-in ones would fit.
-    let other = with(&weights("default.safetensors"), "other");
+    let other = with(&weights("cvq-0.4.safetensors"), "other");
     assert!(stderr(&other).contains("archive was written by model e2c82ece299d8023..., which is neither the context mixer nor a model of weights 8b5dbf4780c7c83f..."), "{}", stderr(&other));
 
     // Weights neither built in nor given: the archive's model id is named.
