@@ -560,8 +560,8 @@ fn shipped_data() -> std::path::PathBuf {
 
 #[test]
 fn every_archive_of_an_earlier_release_decodes_out_of_the_box() {
-    // tests/data/README.md: the clip's first three frames, written by cvq 0.1.0, 0.2.0 and
-    // 0.3.0 with built-in weights. Ids are never retired (FORMAT.md, section 4.1).
+    // tests/data/README.md: the clip's first three frames, written by cvq 0.1.0 to 0.4.0
+    // with built-in weights. Ids are never retired (FORMAT.md, section 4.1).
     let clip = cvq::data::read_segment_file(&shipped_data().join("clip.npy")).unwrap();
     let name = "3b41c0fa8959aea6c118e5714f412a2e_13";
     let expected = cvq::data::Segment::int16(name, clip.tokens[..3 * 128].to_vec()).to_npy_bytes().unwrap();
