@@ -452,8 +452,8 @@ pub fn main() -> Result<()> {
                 bytes.len(),
             )
         }
-        #[cfg(feature = "plot")]
         Command::Train { args } => train(&args),
+        #[cfg(feature = "plot")]
         Command::Plot { input, output, weights, predictors, force } => {
             let models = predictors.iter().map(|p| Ok(p.load(&weights)?.0)).collect::<Result<Vec<_>>>()?;
             plot::run(&input, &models, &output, force)
