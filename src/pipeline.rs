@@ -122,9 +122,14 @@ pub fn decode_intact(
     indices: &[usize],
     sink: impl Fn(usize, Segment) -> Result<()> + Sync,
 ) -> Result<Vec<(usize, anyhow::Error)>> {
-    let (intact, bad): (Vec<usize>, Vec<usize>) = indices.iter().partition(|&&i| archive.check_payload(i).is_ok());
-    let damaged =
-        Mutex::new(bad.into_iter().map(|i| (i, archive.check_payload(i).expect_err("checked"))).collect::<Vec<_>>());
+    let (mut intact, mut damaged) = (vec![], vec![]);
+    for &i in indices {
+        match archive.check_payload(i) {
+            Ok(()) => intact.push(i),
+            Err(e) => damaged.push((i, e)),
+        }
+    }
+    let damaged = Mutex::new(damaged);
     decode_each(archive, model, &intact, |i, seg| match seg {
         Ok(seg) => sink(i, seg),
         Err(e) => {

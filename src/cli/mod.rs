@@ -702,11 +702,11 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
     let target = |i: usize| if files::is_std(out) { out.to_path_buf() } else { out.join(&archive.entries[i].name) };
     let mut todo = vec![];
     for &i in &chosen {
+        let t = target(i);
         if run.skip_existing && !files::is_std(out) {
-            if holds(&target(i), &archive, i) {
+            if holds(&t, &archive, i) {
                 continue;
             }
-            let t = target(i);
             ensure!(
                 run.force || !t.exists(),
                 "{}: already exists and does not hold segment {} (use --force to replace it)",
@@ -714,7 +714,7 @@ fn decompress(archive_path: &Path, out: &Path, part: Option<Part>, weights: &Wei
                 archive.entries[i].name
             );
         }
-        files::check_output(&target(i), run.force)?;
+        files::check_output(&t, run.force)?;
         todo.push(i);
     }
     if todo.len() < chosen.len() {

@@ -94,10 +94,11 @@ impl Motion {
             let c = ((k % COLS) as i32 - dc).rem_euclid(COLS as i32) as usize;
             i - k - TOKENS_PER_FRAME + r * COLS + c
         };
+        let threshold = self.threshold();
         let mut tokens: Vec<u16> = Vec::with_capacity(frames * TOKENS_PER_FRAME);
         for i in 0..frames * TOKENS_PER_FRAME {
             let x = next();
-            let keep = i >= TOKENS_PER_FRAME && (x & 0xFF_FFFF) >= self.threshold();
+            let keep = i >= TOKENS_PER_FRAME && (x & 0xFF_FFFF) >= threshold;
             tokens.push(if keep { tokens[source(offset, i)] } else { (x >> 54) as u16 % self.alphabet as u16 });
         }
         // log2 P(tokens | offset) for each offset, then their mixture with the uniform prior.
