@@ -12,7 +12,7 @@
 
 use cvq::code;
 use cvq::data::Segment;
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 use cvq::predict::transformer::{kernels, Transformer};
 use cvq::predict::{Learning, Model};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! before a trained model exists:
 //! `cargo run --release --example random_weights -- OUT.safetensors [LAYERS WIDTH HEADS K MLP SEED]`
 
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -8,6 +8,6 @@ pub mod archive;
 pub mod cli;
 pub mod code;
 pub mod data;
-pub mod model;
+pub mod network;
 pub mod pipeline;
 pub mod predict;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -3,8 +3,8 @@
 //! count once said 6 + 9 x layers while the weights held 8 + 11 x layers).
 
 use cvq::archive::{MAGIC, MAX_NAME, VERSION};
-use cvq::model::spec::{self, Kind};
-use cvq::model::ModelSpec;
+use cvq::network::spec::{self, Kind};
+use cvq::network::ModelSpec;
 use cvq::predict::TOTAL_BITS;
 
 fn format_md() -> String {

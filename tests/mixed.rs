@@ -5,7 +5,7 @@ mod common;
 
 use common::{clip, synthetic};
 use cvq::code::ideal_bits;
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 use cvq::pipeline::{compress_segments, decompress_segments};
 use cvq::predict::transformer::Transformer;
 use cvq::predict::{Learning::Frozen, Model};

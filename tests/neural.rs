@@ -5,7 +5,7 @@ mod common;
 
 use common::{clip, synthetic};
 use cvq::data::{Segment, VOCAB};
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 use cvq::pipeline::{compress_segments, decompress_segments, encode_batch};
 use cvq::predict::transformer::Transformer;
 use cvq::predict::{frequencies, Learning, Model, Neural, TOTAL};
@@ -122,7 +122,7 @@ fn mismatched_weights_files_give_clear_errors() {
 fn float_bits(w: &Weights, toks: &[u16]) -> Vec<f64> {
     let s = w.spec;
     let (d, hd, kf) = (s.width, s.head_dim(), s.context_frames);
-    let deq = |l: &cvq::model::Linear| -> Vec<f64> {
+    let deq = |l: &cvq::network::Linear| -> Vec<f64> {
         l.w.chunks_exact(l.cols)
             .zip(&l.scale)
             .flat_map(|(r, &sc)| r.iter().map(move |&v| v as f64 * sc as f64))
@@ -266,7 +266,7 @@ fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
     assert_eq!(hex(&w.hash), GOLDEN_RANDOM_ID);
     // The built-in weights were written before metadata was sorted: they load, and keep
     // their id when written again in the sorted form.
-    if let Some(default) = cvq::model::default_weights() {
+    if let Some(default) = cvq::network::default_weights() {
         let w = Weights::from_bytes(default).unwrap();
         assert_eq!(w.hash, model_id_from_the_spec(default));
         assert_eq!(Weights::from_bytes(&w.to_bytes().unwrap()).unwrap().hash, w.hash);
@@ -276,8 +276,8 @@ fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
 #[test]
 fn earlier_built_in_weights_have_the_ids_their_table_gives() {
     // Archives find them by that id; built in with the default weights (cvq 0.1-0.2's at least).
-    let earlier = cvq::model::earlier_weights();
-    assert_eq!(earlier.is_empty(), cvq::model::default_weights().is_none());
+    let earlier = cvq::network::earlier_weights();
+    assert_eq!(earlier.is_empty(), cvq::network::default_weights().is_none());
     for &(id, file) in earlier {
         assert_eq!(hex(&model_id_from_the_spec(file)), id);
         assert_eq!(hex(&Weights::from_bytes(file).unwrap().hash), id);

@@ -2,7 +2,7 @@
 //! that `examples/fuzz_seeds.rs` writes their seed archives with: one layer of width 16, so a
 //! run gets through many inputs.
 
-use cvq::model::{ModelSpec, Weights};
+use cvq::network::{ModelSpec, Weights};
 use cvq::predict::transformer::Transformer;
 use std::sync::{Arc, OnceLock};
 

@@ -6,7 +6,7 @@ use crate::code::{decode, encode, ideal_bits};
 use crate::data::npy::npy_header;
 use crate::data::{read_segment_file, Segment, TOKENS_PER_FRAME};
 use crate::predict::transformer::Transformer;
-use crate::predict::Model;
+use crate::predict::{Learning, Model};
 use anyhow::{ensure, Context, Result};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,8 @@ struct Measured {
 /// `weights_bytes`: the size of the weights file the neural and mixed models ship with.
 pub fn run(paths: &[PathBuf], weights: &Arc<Transformer>, decoder: Option<&Path>, weights_bytes: usize) -> Result<()> {
     let models = Model::all(Some(weights));
-    println!("neural weights: {:?}; one thread, one segment at a time", models[1]);
+    let neural = Model::Neural(Arc::clone(weights), Learning::Frozen);
+    println!("{neural:?}; one thread, one segment at a time");
     println!(
         "{:<24} {:<20} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>12} {:>9}",
         "input", "method", "bytes", "bits/tok", "rate", "ideal", "overhead", "comp tok/s", "decomp tok/s", "state MB"

@@ -14,7 +14,7 @@ mod tests;
 use crate::archive::{self, Archive, CodedSegment};
 use crate::data::synthetic::Motion;
 use crate::data::{Segment, TOKENS_PER_FRAME};
-use crate::model::{default_weights, earlier_weights, Weights};
+use crate::network::{default_weights, earlier_weights, Weights};
 use crate::pipeline::{self, archive_model, write_archive};
 use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Learning, Model, MAX_ADAPTIVE_WIDTH};

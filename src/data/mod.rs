@@ -2,7 +2,6 @@
 
 pub mod npy;
 pub mod shard;
-pub mod shared;
 pub mod synthetic;
 
 pub use npy::{parse_segment, read_segment_file, Layout, Segment, TOKENS_PER_FRAME, VOCAB};

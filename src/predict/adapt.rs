@@ -20,7 +20,7 @@ use crate::data::VOCAB;
 
 /// Widest network whose output layer can learn: the view's products with the hidden row sum
 /// in i32 like an attention score (2047 x 2047 x 512 < 2^31).
-pub const MAX_WIDTH: usize = crate::model::spec::MAX_HEAD_DIM;
+pub const MAX_WIDTH: usize = crate::network::spec::MAX_HEAD_DIM;
 /// Fractional bits of the logits' gradient `p - onehot`: tokens below 2^-(GRAD_BITS+1) get 0.
 const GRAD_BITS: i32 = 6;
 /// Fractional bits of the view of the matrix change: it spans +-2047 / 2^14 = +-0.125.

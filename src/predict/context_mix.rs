@@ -13,8 +13,7 @@
 //! codes the same bits either way.
 
 use super::logistic::{squash, Stretch};
-use super::table::FreqTable;
-use super::table::{Interval, Predictor, TOTAL};
+use super::table::{FreqTable, Interval, Predictor, TOTAL};
 use crate::data::TOKENS_PER_FRAME;
 
 /// Hashed into the archive's model id: change it whenever the bitstream would change.
@@ -327,7 +326,7 @@ fn mix64(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::predict::frequencies;
+    use crate::predict::table::frequencies;
 
     fn tokens(n: usize) -> Vec<u16> {
         (0..n).map(|i| ((i * 37 + i / 128 * 11) % 1024) as u16).collect()

@@ -3,7 +3,8 @@
 
 use cvq::data::{read_segment_file, Segment};
 
-pub use cvq::data::shared::shared_data as real_data;
+mod real_data;
+pub use real_data::real_data;
 
 pub fn clip() -> Segment {
     read_segment_file(&real_data("clip.npy")).unwrap()

@@ -11,13 +11,16 @@
 //! from uniform. Default: the built-in model's shape, 2 x 128, 4 heads, K = 2, MLP 512, 2
 //! scored frames.
 
+#[path = "../../tests/common/real_data.rs"]
+mod real_data;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use cvq::data::{read_segment_file, shared::shared_data, TOKENS_PER_FRAME};
-use cvq::model::ModelSpec;
+use cvq::data::{read_segment_file, TOKENS_PER_FRAME};
+use cvq::network::ModelSpec;
 use cvq_train::data::{tile, HostBatch};
 use cvq_train::model::Gpt;
+use real_data::real_data;
 use std::collections::HashMap;
 
 fn main() -> Result<()> {
@@ -36,7 +39,7 @@ fn main() -> Result<()> {
     let model = Gpt::new(spec, &vm, &Device::Cpu, 1, DType::F64)?;
     Gpt::spread(&vm, 7)?;
     // Two windows from inside the clip, each with its lead frame, as the stream cuts them.
-    let clip = read_segment_file(&shared_data("clip.npy"))?;
+    let clip = read_segment_file(&real_data("clip.npy"))?;
     let windows = tile(&clip.tokens[..(4 * frames + 2) * TOKENS_PER_FRAME], frames, spec.context_frames, 0);
     let batch = HostBatch::new(&windows[1..3], frames).to_device(&Device::Cpu)?;
 

@@ -8,7 +8,7 @@ use crate::optim::AdamW;
 use crate::stream::{Position, Stream};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Tensor, Var};
-use cvq::model::ModelSpec;
+use cvq::network::ModelSpec;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use serde_json::json;
 use std::collections::HashMap;

@@ -1,11 +1,10 @@
 //! Training data: windows of whole frames cut from segments, and the inputs, targets and loss
 //! mask of a batch of them. Where windows come from is `stream.rs`.
 
-use crate::model::Batch;
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use cvq::data::{Segment, TOKENS_PER_FRAME};
-use cvq::model::spec::BOS;
+use cvq::network::spec::BOS;
 
 /// For single-clip experiments: frames before `frame` train, the rest validate (the rest
 /// becomes its own segment, coded from its first frame).
@@ -90,6 +89,19 @@ pub fn tile(tokens: &[u16], frames: usize, context: usize, phase: usize) -> Vec<
         scored = start + frames;
     }
     out
+}
+
+/// One batch of training windows: ids and targets `[B, N]`, loss mask `[B, N]` (f32).
+pub struct Batch {
+    pub prev: Tensor,
+    pub same: Tensor,
+    pub pos: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+    /// Frames per window.
+    pub frames: usize,
+    /// Tokens scored (the mask's sum, known on the host).
+    pub scored: usize,
 }
 
 /// A batch's inputs prepared on the CPU (in the loader's thread, while the device works).

@@ -5,9 +5,9 @@ use crate::model::{Gpt, Matrix};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use cvq::model::spec::Kind;
-use cvq::model::weights::{Layer, Linear};
-use cvq::model::Weights;
+use cvq::network::spec::Kind;
+use cvq::network::weights::{Layer, Linear};
+use cvq::network::Weights;
 use safetensors::SafeTensors;
 use std::path::Path;
 

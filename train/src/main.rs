@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
-use cvq::model::ModelSpec;
+use cvq::network::ModelSpec;
 use cvq::predict::{transformer::Transformer, Neural};
 use cvq_train::checkpoint::{self, Data, State};
 use cvq_train::stream::{self, Source, Stream};
@@ -298,7 +298,7 @@ fn checkpoint_dir(a: &Args, output: &Path) -> Result<PathBuf> {
 }
 
 /// Validation bits/token of the exported int8 weights on the runtime's integer coding path.
-fn integer_bits(weights: &cvq::model::Weights, val: &[cvq::data::Segment]) -> f64 {
+fn integer_bits(weights: &cvq::network::Weights, val: &[cvq::data::Segment]) -> f64 {
     let t = Arc::new(Transformer::new(weights));
     let (mut bits, mut tokens) = (0.0, 0usize);
     for seg in val {

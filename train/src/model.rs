@@ -1,4 +1,4 @@
-//! The runtime's model spec (`cvq::model::spec`) in float, trainable with candle.
+//! The runtime's model spec (`cvq::network::spec`) in float, trainable with candle.
 //!
 //! Training runs on windows of `K + F` whole frames at once: every element attends to the
 //! elements of its own and the K previous frames that come before it in raster order, with
@@ -9,12 +9,12 @@
 //! check every parameter's gradient against finite differences in f64). Parameters are f32,
 //! or f64 for those checks.
 
-use crate::data::Rng;
+use crate::data::{Batch, Rng};
 use crate::softmax::softmax_last_dim;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use cvq::data::{TOKENS_PER_FRAME, VOCAB};
-use cvq::model::spec::{ModelSpec, INPUT_VOCAB, NORM_EPS_LOG2};
+use cvq::network::spec::{ModelSpec, INPUT_VOCAB, NORM_EPS_LOG2};
 
 /// A matrix `[rows, cols]` that can be fake-quantized to int8 per row (straight-through).
 pub struct Matrix {
@@ -93,19 +93,6 @@ struct Layout {
     /// Frame offset of frame j seen from frame i, `[W x W]` (u32), clamped to 0..=K (the
     /// offsets outside are masked).
     offsets: Tensor,
-}
-
-/// One batch of training windows: ids and targets `[B, N]`, loss mask `[B, N]` (f32).
-pub struct Batch {
-    pub prev: Tensor,
-    pub same: Tensor,
-    pub pos: Tensor,
-    pub targets: Tensor,
-    pub mask: Tensor,
-    /// Frames per window.
-    pub frames: usize,
-    /// Tokens scored (the mask's sum, known on the host).
-    pub scored: usize,
 }
 
 fn rms_norm(x: &Tensor, gain: &Tensor) -> Result<Tensor> {

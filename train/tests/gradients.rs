@@ -2,14 +2,16 @@
 //! measured by central finite differences in f64. A loss that goes down proves little: until
 //! these checks, the attention (queries, keys, frame bias) trained with no gradient at all.
 
+#[path = "../../tests/common/real_data.rs"]
+mod real_data;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use cvq::data::shared::shared_data;
 use cvq::data::{read_segment_file, TOKENS_PER_FRAME};
-use cvq::model::ModelSpec;
-use cvq_train::data::{tile, HostBatch, Rng};
-use cvq_train::model::{Batch, Gpt, Matrix};
+use cvq::network::ModelSpec;
+use cvq_train::data::{tile, Batch, HostBatch, Rng};
+use cvq_train::model::{Gpt, Matrix};
 use cvq_train::optim::AdamW;
+use real_data::real_data;
 
 /// Two layers, so that gradients cross a layer boundary; K = 2 so that frame offsets 0, 1, 2
 /// each get a bias.
@@ -19,7 +21,7 @@ const FRAMES: usize = 2;
 
 /// Two windows of the real clip, each with its lead frame (as the stream cuts them).
 fn batch(device: &Device) -> Batch {
-    let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
+    let clip = read_segment_file(&real_data("clip.npy")).unwrap();
     let frames = SMALL.context_frames + FRAMES;
     let windows = tile(&clip.tokens[..40 * TOKENS_PER_FRAME], frames, SMALL.context_frames, 0);
     HostBatch::new(&windows[3..5], frames).to_device(device).unwrap()

@@ -1,16 +1,18 @@
 //! The trainer on CPU: learning, export into the runtime, the offline hub path, streaming data
 //! and exact resume.
 
+#[path = "../../tests/common/real_data.rs"]
+mod real_data;
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use cvq::data::shared::shared_data;
 use cvq::data::{read_segment_file, Segment};
-use cvq::model::ModelSpec;
+use cvq::network::ModelSpec;
 use cvq::predict::{transformer::Transformer, Learning, Model};
 use cvq_train::checkpoint::{self, Data, State};
 use cvq_train::stream::{self, Source, Stream};
 use cvq_train::train::{self, End};
 use cvq_train::{data, export, hub, model::Gpt, optim::AdamW};
+use real_data::real_data;
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -36,7 +38,7 @@ fn config(steps: usize, qat_steps: usize) -> train::Config {
 }
 
 fn clip_split() -> (Vec<Segment>, Vec<Segment>) {
-    let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
+    let clip = read_segment_file(&real_data("clip.npy")).unwrap();
     data::split_by_frame(vec![clip], 900).unwrap()
 }
 
@@ -84,18 +86,18 @@ fn exported_weights_code_the_clip_losslessly_in_the_runtime() {
     train(&model, &mut s, d, &val, &config(5, 3));
     let weights = export::export(&model).unwrap();
     // The file the trainer writes is the file the runtime loads.
-    let loaded = cvq::model::Weights::from_bytes(&weights.to_bytes().unwrap()).unwrap();
+    let loaded = cvq::network::Weights::from_bytes(&weights.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded.hash, weights.hash);
     let m = Model::Neural(Arc::new(Transformer::new(&loaded)), Learning::Frozen);
-    let clip = read_segment_file(&shared_data("clip.npy")).unwrap();
+    let clip = read_segment_file(&real_data("clip.npy")).unwrap();
     let bytes = cvq::pipeline::compress_segments(&m, std::slice::from_ref(&clip)).unwrap();
     let back = cvq::pipeline::decompress_segments(&bytes, m.transformer()).unwrap();
-    assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(shared_data("clip.npy")).unwrap());
+    assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(real_data("clip.npy")).unwrap());
 }
 
 #[test]
 fn offline_hub_reads_a_shard_from_the_cache() {
-    let path = shared_data("clip.npy");
+    let path = real_data("clip.npy");
     let mut clip = read_segment_file(&path).unwrap();
     clip.name = "3b41c0fa8959aea6c118e5714f412a2e_13".into();
     let other = Segment::int16("0a1b2c3d4e5f60718293a4b5c6d7e8f9_2", clip.tokens[..128 * 10].to_vec());
@@ -143,7 +145,7 @@ fn offline_hub_reads_a_shard_from_the_cache() {
     assert!(train.status.success(), "{log}");
     assert!(log.contains("1 training sources, 1 validation segments"), "{log}");
     assert!(log.contains("trained 4 steps"), "{log}");
-    cvq::model::Weights::load(&out).unwrap();
+    cvq::network::Weights::load(&out).unwrap();
 }
 
 /// Generated segments as dataset-style files in `dir`.

@@ -163,19 +163,6 @@ pub fn quantize(x: &[i32], q: &mut [i16]) -> i32 {
     shift
 }
 
-// rms_norm's divisor is at least 2 (`Divider`).
-const _: () = assert!(crate::model::spec::NORM_EPS_LOG2 <= 22);
-
-/// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
-#[inline(always)]
-pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
-    let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
-    let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::model::spec::NORM_EPS_LOG2));
-    // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256; at most 2^31, the
-    // mean being below 2^62.
-    super::kernels::divide_products(x, gain_q12, mean_q24.isqrt() as u64, out);
-}
-
 /// An f32 scale or gain as a fixed-point integer with `frac_bits` (0..=62) fractional bits.
 /// Exact IEEE operations only: the power of two is built from its integer (`powi` may be
 /// approximate), the multiply by it is exact in f64, and `round` is exact, so every machine

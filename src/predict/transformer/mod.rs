@@ -12,15 +12,15 @@ pub(crate) mod fixed;
 pub mod kernels;
 
 use crate::data::{TOKENS_PER_FRAME, VOCAB};
-use crate::model::spec::{BOS, INPUT_VOCAB};
-use crate::model::{Linear, ModelSpec, Weights};
-use crate::predict::TOTAL;
-use fixed::{quantize, rms_norm, shift_round, to_fixed, Tables};
+use crate::network::spec::{BOS, INPUT_VOCAB};
+use crate::network::{Linear, ModelSpec, Weights};
+use crate::predict::table::TOTAL;
+use fixed::{quantize, shift_round, to_fixed, Tables};
 
 // The limits of `model::spec` are what keep this engine's integers in range; check the
 // arithmetic behind each at compile time (FORMAT.md section 3.2.1).
 const _: () = {
-    use crate::model::spec::{MAX_HEAD_DIM, MAX_ROW, MAX_ROW_SCALE, MAX_WIDTH};
+    use crate::network::spec::{MAX_HEAD_DIM, MAX_ROW, MAX_ROW_SCALE, MAX_WIDTH};
     let q = fixed::QMAX as i128;
     // Attention scores: q . k over a head, both 12-bit.
     assert!(MAX_HEAD_DIM as i128 * q * q <= i32::MAX as i128);
@@ -363,7 +363,7 @@ impl Scratch {
     fn norm_quantize(&mut self, x: &[i32], gain: &[i32], d: usize) {
         self.h.resize(x.len(), 0);
         for (xr, hr) in x.chunks_exact(d).zip(self.h.chunks_exact_mut(d)) {
-            rms_norm(xr, gain, hr);
+            kernels::rms_norm(xr, gain, hr);
         }
         let h = std::mem::take(&mut self.h);
         self.quantize_rows(&h, d);
@@ -382,7 +382,7 @@ impl Scratch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::spec::{MAX_ROW, MAX_ROW_SCALE};
+    use crate::network::spec::{MAX_ROW, MAX_ROW_SCALE};
 
     #[test]
     fn a_row_at_the_limits_rescales_exactly() {

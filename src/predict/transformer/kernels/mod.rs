@@ -280,6 +280,19 @@ pub fn divide_products(x: &[i32], gain: &[i32], d: u64, out: &mut [i32]) {
     dispatch!(divide_products(x, gain, d, out), portable::divide_products)
 }
 
+// rms_norm's divisor is at least 2 (`Divider`).
+const _: () = assert!(crate::network::spec::NORM_EPS_LOG2 <= 22);
+
+/// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
+#[inline(always)]
+pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
+    let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
+    let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::network::spec::NORM_EPS_LOG2));
+    // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256; at most 2^31, the
+    // mean being below 2^62.
+    divide_products(x, gain_q12, mean_q24.isqrt() as u64, out);
+}
+
 /// See `portable::rescale`. Panics unless the slices have one length.
 #[inline(always)]
 pub fn rescale(x: &mut [i32], scale: &[i64], s: i32) {

@@ -332,7 +332,7 @@ fn attention_kernels_check_their_slots_in_release_builds() {
 
 #[test]
 fn sums_at_the_engine_limits_do_not_overflow() {
-    use crate::model::spec::{MAX_HEAD_DIM, MAX_ROW};
+    use crate::network::spec::{MAX_HEAD_DIM, MAX_ROW};
     let top = 2047i16;
     let (q, keys) = (vec![top; MAX_HEAD_DIM], vec![top; MAX_HEAD_DIM * 9]);
     let mut s = vec![0; 9];

@@ -1,4 +1,4 @@
-//! The neural model: its spec (shared with the trainer) and its int8 safetensors weights.
+//! The neural network: its spec (shared with the trainer) and its int8 safetensors weights.
 
 pub mod spec;
 pub mod weights;

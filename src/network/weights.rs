@@ -47,6 +47,31 @@ enum Value {
     F32(Vec<f32>),
 }
 
+/// A tensor of `Weights`, borrowed.
+enum ValueRef<'a> {
+    Linear(&'a Linear),
+    F32(&'a [f32]),
+}
+
+/// Tensors read in the order of `ModelSpec::tensors`, taken one by one as fields.
+struct InOrder(std::vec::IntoIter<Value>);
+
+impl InOrder {
+    fn linear(&mut self) -> Linear {
+        match self.0.next() {
+            Some(Value::Linear(l)) => l,
+            _ => unreachable!("the spec lists a matrix here"),
+        }
+    }
+
+    fn f32(&mut self) -> Vec<f32> {
+        match self.0.next() {
+            Some(Value::F32(v)) => v,
+            _ => unreachable!("the spec lists f32 values here"),
+        }
+    }
+}
+
 impl Weights {
     pub fn load(path: &Path) -> Result<Weights> {
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -58,14 +83,13 @@ impl Weights {
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
         let spec = ModelSpec::from_metadata(meta.metadata().as_ref().context("no metadata (the model spec)")?)?;
         let expected = spec.tensors();
-        let mut values: HashMap<String, Value> = HashMap::new();
-        for (name, shape, kind) in &expected {
-            let v = match kind {
-                Kind::Int8Rows => Value::Linear(read_linear(&st, name, shape)?),
-                Kind::F32 => Value::F32(read_f32(&st, name, shape)?),
-            };
-            values.insert(name.clone(), v);
-        }
+        let values = expected
+            .iter()
+            .map(|(name, shape, kind)| match kind {
+                Kind::Int8Rows => read_linear(&st, name, shape).map(Value::Linear),
+                Kind::F32 => read_f32(&st, name, shape).map(Value::F32),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let hash = model_id(&spec, &st);
         let known = expected.len() + expected.iter().filter(|t| t.2 == Kind::Int8Rows).count();
         if st.len() != known {
@@ -78,72 +102,51 @@ impl Weights {
                 .collect();
             bail!("unexpected tensors for this spec: {extra:?}");
         }
-        let mut take_linear = |n: &str| match values.remove(n) {
-            Some(Value::Linear(l)) => l,
-            _ => unreachable!("spec lists {n} as a matrix"),
-        };
-        let (tok_prev, tok_same, pos) = (take_linear("tok_prev"), take_linear("tok_same"), take_linear("pos"));
-        let mut layers = vec![];
-        for l in 0..spec.layers {
-            let p = |s: &str| format!("layers.{l}.{s}");
-            layers.push(Layer {
-                norm1: vec![],
-                qkv: take_linear(&p("attn.qkv")),
-                frame_bias: vec![],
-                out: take_linear(&p("attn.out")),
-                norm2: vec![],
-                up: take_linear(&p("mlp.up")),
-                down: take_linear(&p("mlp.down")),
-            });
+        // The fields in the order of `spec.tensors()`, the one list of names (as `values` lists them).
+        let mut next = InOrder(values.into_iter());
+        let (tok_prev, tok_same, pos) = (next.linear(), next.linear(), next.linear());
+        let layers = (0..spec.layers)
+            .map(|_| Layer {
+                norm1: next.f32(),
+                qkv: next.linear(),
+                frame_bias: next.f32(),
+                out: next.linear(),
+                norm2: next.f32(),
+                up: next.linear(),
+                down: next.linear(),
+            })
+            .collect();
+        Ok(Weights { spec, tok_prev, tok_same, pos, layers, norm_out: next.f32(), head_bias: next.f32(), hash })
+    }
+
+    /// Every tensor, in the order of `ModelSpec::tensors`, which names them.
+    fn values(&self) -> Vec<ValueRef<'_>> {
+        use ValueRef::{Linear as L, F32};
+        let mut v = vec![L(&self.tok_prev), L(&self.tok_same), L(&self.pos)];
+        for l in &self.layers {
+            v.extend([F32(&l.norm1), L(&l.qkv), F32(&l.frame_bias), L(&l.out), F32(&l.norm2), L(&l.up), L(&l.down)]);
         }
-        let mut take_f32 = |n: &str| match values.remove(n) {
-            Some(Value::F32(v)) => v,
-            _ => unreachable!("spec lists {n} as f32"),
-        };
-        for (l, layer) in layers.iter_mut().enumerate() {
-            layer.norm1 = take_f32(&format!("layers.{l}.norm1.gain"));
-            layer.frame_bias = take_f32(&format!("layers.{l}.attn.frame_bias"));
-            layer.norm2 = take_f32(&format!("layers.{l}.norm2.gain"));
-        }
-        Ok(Weights {
-            spec,
-            tok_prev,
-            tok_same,
-            pos,
-            layers,
-            norm_out: take_f32("norm_out.gain"),
-            head_bias: take_f32("head_bias"),
-            hash,
-        })
+        v.extend([F32(&self.norm_out), F32(&self.head_bias)]);
+        v
     }
 
     /// The safetensors bytes of these weights.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![];
-        let mut linear = |name: &str, l: &Linear| {
-            owned.push((name.into(), Dtype::I8, vec![l.rows, l.cols], l.w.iter().map(|&x| x as u8).collect()));
-            owned.push((format!("{name}.scale"), Dtype::F32, vec![l.rows], f32_bytes(&l.scale)));
-        };
-        linear("tok_prev", &self.tok_prev);
-        linear("tok_same", &self.tok_same);
-        linear("pos", &self.pos);
-        for (l, layer) in self.layers.iter().enumerate() {
-            linear(&format!("layers.{l}.attn.qkv"), &layer.qkv);
-            linear(&format!("layers.{l}.attn.out"), &layer.out);
-            linear(&format!("layers.{l}.mlp.up"), &layer.up);
-            linear(&format!("layers.{l}.mlp.down"), &layer.down);
-        }
-        let mut f32s = vec![("norm_out.gain".to_string(), &self.norm_out), ("head_bias".to_string(), &self.head_bias)];
-        for (l, layer) in self.layers.iter().enumerate() {
-            f32s.push((format!("layers.{l}.norm1.gain"), &layer.norm1));
-            f32s.push((format!("layers.{l}.attn.frame_bias"), &layer.frame_bias));
-            f32s.push((format!("layers.{l}.norm2.gain"), &layer.norm2));
-        }
-        let shapes: HashMap<String, Vec<usize>> = self.spec.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
-        for (name, v) in f32s {
-            // Shapes come from the spec; a tensor the spec lacks keeps a flat shape.
-            let shape = shapes.get(&name).cloned().unwrap_or_else(|| vec![v.len()]);
-            owned.push((name, Dtype::F32, shape, f32_bytes(v)));
+        // Names for the layers held (tests write weights whose spec disagrees with them).
+        let held = ModelSpec { layers: self.layers.len(), ..self.spec };
+        for ((name, shape, _), value) in held.tensors().into_iter().zip(self.values()) {
+            match value {
+                ValueRef::Linear(l) => {
+                    owned.push((format!("{name}.scale"), Dtype::F32, vec![l.rows], f32_bytes(&l.scale)));
+                    owned.push((name, Dtype::I8, vec![l.rows, l.cols], l.w.iter().map(|&x| x as u8).collect()));
+                }
+                ValueRef::F32(v) => {
+                    // The spec's shape, or flat where the values do not fill it.
+                    let shape = if shape.iter().product::<usize>() == v.len() { shape } else { vec![v.len()] };
+                    owned.push((name, Dtype::F32, shape, f32_bytes(v)))
+                }
+            }
         }
         let views = owned
             .iter()
@@ -289,4 +292,56 @@ fn read_linear(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Linear> 
         bail!("tensor {name:?}.scale holds {s}, outside 0..={MAX_ROW_SCALE} (the limit that keeps the integer rescale within i64)");
     }
     Ok(Linear { rows: shape[0], cols: shape[1], w, scale })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file holds each field under the name FORMAT.md gives it: every tensor made
+    /// distinct, written, and read back by name.
+    #[test]
+    fn each_tensor_is_written_under_its_own_name() {
+        let spec = ModelSpec { layers: 2, width: 16, heads: 2, context_frames: 1, mlp_width: 32 };
+        let mut w = Weights::random(spec, 3).unwrap();
+        for (i, l) in w.layers.iter_mut().enumerate() {
+            let i = i as f32;
+            (l.norm1, l.norm2) = (vec![1.0 + i; 16], vec![2.0 + i; 16]);
+            l.frame_bias = vec![3.0 + i; 4];
+            (l.qkv.scale[0], l.out.scale[0], l.up.scale[0], l.down.scale[0]) = (4.0 + i, 5.0 + i, 6.0 + i, 7.0 + i);
+        }
+        (w.tok_prev.scale[0], w.tok_same.scale[0], w.pos.scale[0]) = (8.0, 9.0, 10.0);
+        (w.norm_out, w.head_bias[0]) = (vec![11.0; 16], 12.0);
+        let bytes = w.to_bytes().unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let first = |name: &str| f32::from_le_bytes(st.tensor(name).unwrap().data()[..4].try_into().unwrap());
+        for l in 0..2 {
+            let i = l as f32;
+            for (name, v) in [
+                ("norm1.gain", 1.0),
+                ("norm2.gain", 2.0),
+                ("attn.frame_bias", 3.0),
+                ("attn.qkv.scale", 4.0),
+                ("attn.out.scale", 5.0),
+                ("mlp.up.scale", 6.0),
+                ("mlp.down.scale", 7.0),
+            ] {
+                assert_eq!(first(&format!("layers.{l}.{name}")), v + i, "layers.{l}.{name}");
+            }
+        }
+        for (name, v) in [
+            ("tok_prev.scale", 8.0),
+            ("tok_same.scale", 9.0),
+            ("pos.scale", 10.0),
+            ("norm_out.gain", 11.0),
+            ("head_bias", 12.0),
+        ] {
+            assert_eq!(first(name), v, "{name}");
+        }
+        assert_eq!(
+            st.tensor("layers.1.mlp.down").unwrap().data(),
+            w.layers[1].down.w.iter().map(|&x| x as u8).collect::<Vec<_>>()
+        );
+        assert_eq!(Weights::from_bytes(&bytes).unwrap().layers, w.layers, "read back field by field");
+    }
 }
