@@ -45,17 +45,13 @@ fn main() -> Result<()> {
     for chunk in windows.chunks(16) {
         let batch = HostBatch::new(chunk, k + 1).to_device(&device)?;
         for (l, att) in model.attention_weights(&batch)?.iter().enumerate() {
-            // The queries of the window's last frame: [B, heads, 128, N], flattened.
-            let att: Vec<f32> = att
-                .narrow(2, k * TOKENS_PER_FRAME, TOKENS_PER_FRAME)?
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
+            // The queries of the window's last frame: [B, heads, 128, (K+1) 128] (block o:
+            // frame offset o), flattened.
+            let att: Vec<f32> = att.narrow(2, k, 1)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
             for (i, row) in att.chunks_exact(n).enumerate() {
                 let (h, query) = ((i / TOKENS_PER_FRAME) % heads, i % TOKENS_PER_FRAME);
                 for (j, &w) in row.iter().enumerate() {
-                    let offset = k - j / TOKENS_PER_FRAME;
-                    mass[l][h][offset][place(query, j % TOKENS_PER_FRAME)] += f64::from(w);
+                    mass[l][h][j / TOKENS_PER_FRAME][place(query, j % TOKENS_PER_FRAME)] += f64::from(w);
                 }
             }
         }

@@ -102,6 +102,8 @@ pub struct Batch {
     pub frames: usize,
     /// Tokens scored (the mask's sum, known on the host).
     pub scored: usize,
+    /// The first frame that any window scores: the model runs its output head from there on.
+    pub first_scored: usize,
 }
 
 /// A batch's inputs prepared on the CPU (in the loader's thread, while the device works).
@@ -114,6 +116,7 @@ pub struct HostBatch {
     frames: usize,
     /// Tokens scored.
     pub scored: usize,
+    first_scored: usize,
 }
 
 impl HostBatch {
@@ -128,6 +131,7 @@ impl HostBatch {
             windows: windows.len(),
             frames,
             scored: windows.iter().map(Window::scored).sum(),
+            first_scored: windows.iter().map(|w| w.score_from).min().unwrap_or(0),
         };
         for w in windows {
             debug_assert_eq!(w.tokens.len(), (frames + usize::from(w.lead)) * TOKENS_PER_FRAME);
@@ -154,6 +158,7 @@ impl HostBatch {
             mask: Tensor::from_slice(&self.mask, (b, n), device)?,
             frames: self.frames,
             scored: self.scored,
+            first_scored: self.first_scored,
         })
     }
 }

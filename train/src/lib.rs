@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod embedding;
 pub mod export;
 pub mod hub;
 pub mod model;

@@ -80,19 +80,31 @@ pub struct Gpt {
     /// Test-only: no gradient reaches the attention scores (queries, keys, frame bias), as
     /// in the trainer before this was found; a control for showing what attention learns.
     pub fixed_attention: bool,
+    /// Test-only: attention as one dense masked score matrix (`attend_dense`), the reference
+    /// that the frame-block form is checked against.
+    pub dense_attention: bool,
     /// Attention layouts by window frames, built once: every step uses the same one.
     layouts: std::sync::Mutex<Vec<(usize, Layout)>>,
 }
 
-/// Where attention may look in a window of W frames of T = 128 elements (N = W x T).
+/// Where attention may look in a window of W frames of T = 128 elements: the queries of
+/// frame f read the keys of frames f, f-1, .., f-K, one block of T keys each (newest first,
+/// so block o is frame offset o and takes `frame_bias[.., o]`).
 #[derive(Clone)]
 struct Layout {
-    /// 0 where element i may attend to element j, else -inf, as `[W, T, W, T]` (frame of i,
-    /// place of i, frame of j, place of j), in the parameters' type.
+    /// 0 where a query may read a key, else -inf, as `[W, T, K+1, T]` (query frame, query
+    /// place, block, key place): blocks before the window's start are out, and in block 0
+    /// (the query's own frame) the places after the query's.
     mask: Tensor,
-    /// Frame offset of frame j seen from frame i, `[W x W]` (u32), clamped to 0..=K (the
-    /// offsets outside are masked).
-    offsets: Tensor,
+}
+
+/// Rows `ids` of the table `w`: `[ids, d]`. On a GPU by `embedding::embedding`, whose
+/// backward is a matrix product instead of candle's serial `index_add`.
+fn lookup(w: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    match w.device().is_cuda() {
+        true => crate::embedding::embedding(w, ids),
+        false => w.embedding(&ids.flatten_all()?),
+    }
 }
 
 fn rms_norm(x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -130,6 +142,7 @@ impl Gpt {
             norm_out: p.constant("norm_out.gain", &[d], 1.0)?,
             head_bias: p.constant("head_bias", &[VOCAB], 0.0)?,
             fixed_attention: false,
+            dense_attention: false,
             layouts: Default::default(),
         })
     }
@@ -140,22 +153,16 @@ impl Gpt {
         if let Some((_, layout)) = layouts.iter().find(|l| l.0 == frames) {
             return Ok(layout.clone());
         }
-        let (n, k, t) = (frames * TOKENS_PER_FRAME, self.spec.context_frames, TOKENS_PER_FRAME);
-        let mut mask = vec![f32::NEG_INFINITY; n * n];
-        for i in 0..n {
-            for j in 0..=i {
-                if i / t - j / t <= k {
-                    mask[i * n + j] = 0.0;
-                }
+        let (k, t) = (self.spec.context_frames, TOKENS_PER_FRAME);
+        let mut mask = vec![0f32; frames * t * (k + 1) * t];
+        for (e, m) in mask.iter_mut().enumerate() {
+            let (f, i, o, j) = (e / (t * (k + 1) * t), e / ((k + 1) * t) % t, e / t % (k + 1), e % t);
+            if o > f || (o == 0 && j > i) {
+                *m = f32::NEG_INFINITY;
             }
         }
-        let offsets: Vec<u32> =
-            (0..frames * frames).map(|f| (f / frames).saturating_sub(f % frames).min(k) as u32).collect();
         let device = self.norm_out.device();
-        let layout = Layout {
-            mask: Tensor::from_vec(mask, (frames, t, frames, t), device)?.to_dtype(self.dtype())?,
-            offsets: Tensor::from_vec(offsets, frames * frames, device)?,
-        };
+        let layout = Layout { mask: Tensor::from_vec(mask, (frames, t, k + 1, t), device)?.to_dtype(self.dtype())? };
         layouts.push((frames, layout.clone()));
         Ok(layout)
     }
@@ -165,14 +172,16 @@ impl Gpt {
         self.norm_out.dtype()
     }
 
-    /// Logits `[B, N, 1024]` in the parameters' type. Matrix products run in `dtype` (bf16 on
+    /// Logits `[B, N - S, 1024]` in the parameters' type, for the elements from the batch's
+    /// first scored frame on (S = `first_scored` x 128: the head, a 1024-row product per
+    /// element, runs only where the loss looks). Matrix products run in `dtype` (bf16 on
     /// a GPU: tensor cores), everything else in the parameters' type (f32): the residual
     /// stream, norms, softmax and the loss.
     pub fn forward(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
         self.run(b, fake_quant, dtype, None)
     }
 
-    /// Each layer's attention weights, `[B, heads, N, N]` (query, key), in float.
+    /// Each layer's attention weights, `[B, heads, W, T, (K+1) T]` (`Layout`), in float.
     pub fn attention_weights(&self, b: &Batch) -> Result<Vec<Tensor>> {
         let mut weights = vec![];
         self.run(b, false, self.dtype(), Some(&mut weights))?;
@@ -183,66 +192,110 @@ impl Gpt {
     fn run(&self, b: &Batch, fake_quant: bool, dtype: DType, mut keep: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let (bsz, n) = b.prev.dims2()?;
         let (d, float) = (self.spec.width, self.dtype());
-        let embed =
-            |m: &Matrix, ids: &Tensor| -> Result<Tensor> { m.weights(fake_quant)?.embedding(&ids.flatten_all()?) };
+        let embed = |m: &Matrix, ids: &Tensor| -> Result<Tensor> { lookup(&m.weights(fake_quant)?, ids) };
         let tok_same = self.tok_same.weights(fake_quant)?;
         // x @ w^T in the compute type, back in the parameters' type.
         let mm = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
             x.to_dtype(dtype)?.broadcast_matmul(&w.to_dtype(dtype)?.t()?)?.to_dtype(float)
         };
-        let mut x =
-            (embed(&self.tok_prev, &b.prev)? + tok_same.embedding(&b.same.flatten_all()?)?)?.reshape((bsz, n, d))?;
+        let mut x = (embed(&self.tok_prev, &b.prev)? + lookup(&tok_same, &b.same)?)?.reshape((bsz, n, d))?;
         x = x.broadcast_add(&embed(&self.pos, &b.pos)?.reshape((1, n, d))?)?;
         let layout = self.attention_layout(b.frames)?;
         for layer in &self.layers {
             let h = rms_norm(&x, &layer.norm1)?;
             // [B, N, 3d] in the compute type.
             let qkv = h.to_dtype(dtype)?.broadcast_matmul(&layer.qkv.weights(fake_quant)?.to_dtype(dtype)?.t()?)?;
-            let att = self.attention(layer, &qkv, &layout, b.frames)?;
-            if let Some(keep) = keep.as_deref_mut() {
-                keep.push(att.detach());
-            }
-            let v = qkv.narrow(2, 2 * d, d)?.reshape((bsz, n, self.spec.heads, self.spec.head_dim()))?;
-            let y = att
-                .to_dtype(dtype)?
-                .matmul(&v.transpose(1, 2)?.contiguous()?)?
-                .transpose(1, 2)?
-                .reshape((bsz, n, d))?;
+            // [B, heads, N, head_dim]
+            let y = if self.dense_attention {
+                self.attend_dense(layer, &qkv, b.frames)?
+            } else {
+                let att = self.attention(layer, &qkv, &layout, b.frames)?;
+                if let Some(keep) = keep.as_deref_mut() {
+                    keep.push(att.detach().reshape((bsz, self.spec.heads, b.frames, TOKENS_PER_FRAME, ()))?);
+                }
+                let y = att.to_dtype(dtype)?.matmul(&self.blocks(&self.heads(&qkv, 2)?, b.frames)?)?;
+                y.reshape((bsz, self.spec.heads, n, self.spec.head_dim()))?
+            };
+            let y = y.transpose(1, 2)?.reshape((bsz, n, d))?;
             x = (x + mm(&y, &layer.out.weights(fake_quant)?)?)?;
             let h = rms_norm(&x, &layer.norm2)?;
             let h = mm(&h, &layer.up.weights(fake_quant)?)?.gelu()?;
             x = (x + mm(&h, &layer.down.weights(fake_quant)?)?)?;
         }
-        let h = rms_norm(&x, &self.norm_out)?;
+        let from = b.first_scored * TOKENS_PER_FRAME;
+        let h = rms_norm(&x.narrow(1, from, n - from)?, &self.norm_out)?;
         mm(&h, &tok_same.narrow(0, 0, VOCAB)?)?.broadcast_add(&self.head_bias)
     }
 
-    /// Attention weights `[B, heads, N, N]` in the parameters' type, from the layer's queries
-    /// and keys (`qkv` `[B, N, 3d]` in the compute type) over windows of `frames` frames.
-    fn attention(&self, layer: &Layer, qkv: &Tensor, layout: &Layout, frames: usize) -> Result<Tensor> {
+    /// Part `i` of `qkv` (`[B, N, 3d]`; 0: queries, 1: keys, 2: values) as `[B, heads, N, head_dim]`.
+    fn heads(&self, qkv: &Tensor, i: usize) -> Result<Tensor> {
         let (bsz, n, _) = qkv.dims3()?;
         let (d, heads, hd) = (self.spec.width, self.spec.heads, self.spec.head_dim());
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let (q, k) = ((split(0)? * (1.0 / (hd as f64).sqrt()))?, split(1)?);
-        // The frame bias of each head for each pair of frames, spread over the frames'
-        // 128 x 128 blocks by broadcasting (whose backward is a sum; an index_select over
-        // N x N offsets would backprop through candle's serial index_add), plus the mask:
-        // [heads, N, N].
-        let bias = layer.frame_bias.index_select(&layout.offsets, 1)?.reshape((heads, frames, 1, frames, 1))?;
-        let bias = bias.broadcast_add(&layout.mask)?.reshape((heads, n, n))?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(self.dtype())?.broadcast_add(&bias)?;
+        qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// Keys or values `[B, heads, N, head_dim]` as each query frame reads them:
+    /// `[B, heads x W, (K+1) T, head_dim]`, block o holding frame f - o (zeros before the
+    /// window's start, which the mask leaves out). Heads and frames share one dimension:
+    /// candle's CPU matmul takes at most two batch dimensions.
+    fn blocks(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        let (bsz, heads, n, hd) = x.dims4()?;
+        let (k, t) = (self.spec.context_frames, TOKENS_PER_FRAME);
+        let padded = Tensor::cat(&[&Tensor::zeros((bsz, heads, k * t, hd), x.dtype(), x.device())?, x], 2)?;
+        let shifted = (0..=k)
+            .map(|o| padded.narrow(2, (k - o) * t, n)?.reshape((bsz, heads, frames, t, hd)))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&shifted, 3)?.reshape((bsz, heads * frames, (k + 1) * t, hd))
+    }
+
+    /// Attention weights `[B, heads x W, T, (K+1) T]` (head and query frame, query place, key
+    /// block and place; `Layout`) in the parameters' type, from the layer's queries and keys (`qkv`
+    /// `[B, N, 3d]` in the compute type) over windows of `frames` frames. Each query frame
+    /// scores only its K+1 frames' keys, so the cost grows with the window, not its square.
+    fn attention(&self, layer: &Layer, qkv: &Tensor, layout: &Layout, frames: usize) -> Result<Tensor> {
+        let (bsz, n, _) = qkv.dims3()?;
+        let (heads, hd, k, t) = (self.spec.heads, self.spec.head_dim(), self.spec.context_frames, TOKENS_PER_FRAME);
+        let q = (self.heads(qkv, 0)? * (1.0 / (hd as f64).sqrt()))?.reshape((bsz, heads * frames, t, hd))?;
+        let keys = self.blocks(&self.heads(qkv, 1)?, frames)?;
+        // The frame bias of each head for each block, spread over its T x T places by
+        // broadcasting (whose backward is a sum), plus the mask: [heads x W, T, (K+1) T].
+        let bias = layer.frame_bias.reshape((heads, 1, 1, k + 1, 1))?.broadcast_add(&layout.mask)?;
+        let bias = bias.reshape((heads * frames, t, (k + 1) * t))?;
+        debug_assert_eq!(n, frames * t);
+        let scores = q.matmul(&keys.t()?)?.to_dtype(self.dtype())?.broadcast_add(&bias)?;
         let scores = if self.fixed_attention { scores.detach() } else { scores };
         softmax_last_dim(&scores)
+    }
+
+    /// Test-only, the reference for `attention`: the same attention over the whole window as
+    /// one masked `[N, N]` score matrix per head; `[B, heads, N, head_dim]`.
+    fn attend_dense(&self, layer: &Layer, qkv: &Tensor, frames: usize) -> Result<Tensor> {
+        let (hd, k, t) = (self.spec.head_dim(), self.spec.context_frames, TOKENS_PER_FRAME);
+        let n = frames * t;
+        let q = (self.heads(qkv, 0)? * (1.0 / (hd as f64).sqrt()))?;
+        let (mut mask, mut offsets) = (vec![f32::NEG_INFINITY; n * n], vec![0u32; n * n]);
+        for (e, (m, o)) in mask.iter_mut().zip(&mut offsets).enumerate() {
+            let (i, j) = (e / n, e % n);
+            if j <= i && i / t - j / t <= k {
+                (*m, *o) = (0.0, (i / t - j / t) as u32);
+            }
+        }
+        let device = qkv.device();
+        let mask = Tensor::from_vec(mask, (n, n), device)?.to_dtype(self.dtype())?;
+        let offsets = Tensor::from_vec(offsets, n * n, device)?;
+        let bias = layer.frame_bias.index_select(&offsets, 1)?.reshape((self.spec.heads, n, n))?;
+        let scores =
+            q.matmul(&self.heads(qkv, 1)?.t()?)?.to_dtype(self.dtype())?.broadcast_add(&bias.broadcast_add(&mask)?)?;
+        softmax_last_dim(&scores)?.to_dtype(qkv.dtype())?.matmul(&self.heads(qkv, 2)?)
     }
 
     /// Mean cross-entropy in nats over the scored positions (a scalar on the device).
     pub fn loss(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
         let logits = self.forward(b, fake_quant, dtype)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&b.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
-        let total = (picked * b.mask.to_dtype(self.dtype())?)?.sum_all()?;
+        let (from, n) = (b.first_scored * TOKENS_PER_FRAME, logits.dim(1)?);
+        let picked = logp.gather(&b.targets.narrow(1, from, n)?.contiguous()?.unsqueeze(2)?, 2)?.squeeze(2)?;
+        let total = (picked * b.mask.narrow(1, from, n)?.to_dtype(self.dtype())?)?.sum_all()?;
         total.neg()? / b.scored.max(1) as f64
     }
 

@@ -125,6 +125,30 @@ fn every_gradient_matches_central_finite_differences_in_f64() {
     assert!(failures.is_empty(), "{} of {probed} gradient entries disagree:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// The trainer's attention scores each query frame against its K+1 frames' keys only; the
+/// dense form scores the whole window and masks. Same logits and same gradients, up to f64
+/// rounding, on windows longer than K+1 frames (so blocks drop frames) whose first frames
+/// lack context (so the padding is masked).
+#[test]
+fn frame_block_attention_equals_the_dense_masked_form() {
+    let (vm, mut gpt) = model(DType::F64);
+    let b = batch(&Device::Cpu);
+    assert!(b.frames > SMALL.context_frames + 1);
+    let run = |gpt: &Gpt| (values(&gpt.forward(&b, false, DType::F64).unwrap()), backprop(&vm, gpt, &b, false));
+    let (logits, grads) = run(&gpt);
+    gpt.dense_attention = true;
+    let (dense_logits, dense_grads) = run(&gpt);
+    let worst = |a: &[f64], b: &[f64]| {
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    assert!(worst(&logits, &dense_logits) < 1e-12, "logits differ by {:e}", worst(&logits, &dense_logits));
+    for ((name, g), (_, dense)) in grads.iter().zip(&dense_grads) {
+        assert!(dense.iter().any(|&v| v != 0.0), "{name}: no gradient to compare");
+        assert!(worst(g, dense) < 1e-10, "{name}: gradients differ by {:e} of their largest", worst(g, dense));
+    }
+}
+
 #[test]
 fn the_check_catches_attention_without_a_gradient() {
     // The trainer's first version: no gradient through the attention scores. The same
