@@ -14,7 +14,7 @@ use cvq::data::Segment;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -36,6 +36,8 @@ pub struct Config {
     pub stop_at: Option<usize>,
     /// The type matrix products run in (bf16 on a GPU, f32 on the CPU).
     pub dtype: DType,
+    /// Time forward, backward and optimizer apart (`Profile`).
+    pub profile: bool,
 }
 
 impl Config {
@@ -85,6 +87,46 @@ pub struct Outcome {
     pub end: End,
     /// Tokens scored per second of training steps (validation and checkpoints left out).
     pub tokens_per_sec: f64,
+    pub profile: Option<Profile>,
+}
+
+/// Where the training steps' time went, the device synchronised after each part (which
+/// costs the overlap of one part with the next: a profiled run is a little slower).
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub steps: u32,
+    pub forward: Duration,
+    pub backward: Duration,
+    pub optimizer: Duration,
+}
+
+impl Profile {
+    /// Run `f`, then wait for the device, adding the time to `part` (when profiling).
+    fn time<T>(
+        this: &mut Option<Profile>,
+        part: fn(&mut Profile) -> &mut Duration,
+        device: &Device,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some(p) = this else { return f() };
+        let t0 = Instant::now();
+        let out = f()?;
+        device.synchronize()?;
+        *part(p) += t0.elapsed();
+        Ok(out)
+    }
+
+    /// "forward X ms, backward Y ms, optimizer Z ms per step".
+    pub fn summary(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / f64::from(self.steps.max(1));
+        format!(
+            "forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms per step (device synchronised after each; {} steps)",
+            ms(self.forward),
+            ms(self.backward),
+            ms(self.optimizer),
+            self.steps
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +146,7 @@ fn gradients(
     loader: &mut Loader,
     c: &Config,
     epoch: &mut f64,
+    profile: &mut Option<Profile>,
 ) -> Result<(Vec<Tensor>, Tensor)> {
     let fake_quant = s.step >= c.steps;
     let mut sum: Vec<Option<Tensor>> = vec![None; s.opt.vars.len()];
@@ -113,9 +156,15 @@ fn gradients(
         if item.epoch.is_finite() {
             *epoch = item.epoch;
         }
-        let batch = item.host.to_device(model.norm_out.device())?;
-        let loss = (model.loss(&batch, fake_quant, c.dtype)? / c.accum as f64)?;
-        let grads = loss.backward()?;
+        let device = model.norm_out.device();
+        let batch = item.host.to_device(device)?;
+        let loss = Profile::time(
+            profile,
+            |p| &mut p.forward,
+            device,
+            || Ok((model.loss(&batch, fake_quant, c.dtype)? / c.accum as f64)?),
+        )?;
+        let grads = Profile::time(profile, |p| &mut p.backward, device, || Ok(loss.backward()?))?;
         for (acc, (_, var)) in sum.iter_mut().zip(&s.opt.vars) {
             if let Some(g) = grads.get(var) {
                 *acc = Some(match acc.take() {
@@ -211,6 +260,7 @@ pub fn run(
     let mut meter = Meter::new(s, c.total());
     let (mut train_bits, mut val_bits, mut epoch) = (f64::NAN, f64::NAN, f64::NAN);
     let mut end = End::Finished;
+    let mut profile = c.profile.then(Profile::default);
     while s.step < c.total() {
         if c.stop_at.is_some_and(|at| s.step >= at) {
             end = End::Stopped;
@@ -220,8 +270,12 @@ pub fn run(
             end = End::Interrupted;
             break;
         }
-        let (grads, loss) = gradients(model, s, &mut loader, c, &mut epoch)?;
-        s.opt.step(&grads, learning_rate(c, s.step), c.clip)?;
+        let (grads, loss) = gradients(model, s, &mut loader, c, &mut epoch, &mut profile)?;
+        let lr = learning_rate(c, s.step);
+        Profile::time(&mut profile, |p| &mut p.optimizer, &device, || s.opt.step(&grads, lr, c.clip))?;
+        if let Some(p) = &mut profile {
+            p.steps += 1;
+        }
         s.step += 1;
         meter.bar.inc(1);
         let validating = s.step.is_multiple_of(c.eval_every) || s.step == c.total();
@@ -256,5 +310,5 @@ pub fn run(
             checkpoint::save(dir, &model.spec, s, &d)?;
         }
     }
-    Ok((d, Outcome { end, tokens_per_sec: meter.rate(s) }))
+    Ok((d, Outcome { end, tokens_per_sec: meter.rate(s), profile }))
 }

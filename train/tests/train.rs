@@ -34,6 +34,7 @@ fn config(steps: usize, qat_steps: usize) -> train::Config {
         checkpoint: None,
         stop_at: None,
         dtype: DType::F32,
+        profile: false,
     }
 }
 
