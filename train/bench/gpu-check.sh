@@ -7,9 +7,12 @@
 #   mkdir -p carry && strip -o carry/cvq-train /tmp/cuda-target/release/cvq-train && xz -9 -f carry/cvq-train
 #   cargo build --release -p cvq && xz -9 -c target/release/cvq > carry/cvq.xz
 #
-# then run `bash train/bench/gpu-check.sh carry` there (carry: the folder). For each of three
-# model sizes it trains a few hundred steps on generated segments and times the PyTorch
-# reference of the same architecture in the same call; it prints both rates and their ratio.
+# then run `bash train/bench/gpu-check.sh carry` there (carry: the folder), with a limit of
+# 600 s (it takes about 5 minutes, most of it torch.compile). For the default and the
+# challenge preset's sizes it prints, from one call: cvq-train's scored tokens/s, the naive
+# and the tuned PyTorch peer's (same model, same batch, timed after their warmup steps), both
+# ratios, and cvq-train's forward / backward / optimizer time per step, the device
+# synchronised after each (a separate short run with --profile).
 set -euo pipefail
 carry=${1:?usage: gpu-check.sh CARRY_DIR}
 out=${OUT:-/tmp/gpu-check}
@@ -26,20 +29,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # 96 generated 1200-frame segments (14.7M tokens): enough for a few hundred steps of streaming.
 /tmp/cvq-bin/cvq synth --segments 96 --frames 1200 --seed 1 -o /tmp/synth --manifest /tmp/synth.json
 
-run() { # name, steps, cvq-train model flags, torch flags
+rate() { grep -o '[0-9]* tokens/s' <<<"$1" | head -1 | grep -o '^[0-9]*'; }
+
+run() { # name, steps, model and batch flags (the same for cvq-train and both peers)
     local name=$1 steps=$2 flags=$3
-    echo "== $name" | tee -a "$out/speed.txt"
-    /tmp/cvq-bin/cvq-train --cuda --data /tmp/synth $flags --steps "$steps" --qat-steps 0 --warmup 10 \
-        --eval-every 100000 --log-every 50 --force -o "/tmp/$name.safetensors" 2>&1 | grep -E '^(model|trained)' | tee -a "$out/speed.txt"
-    python3 train/bench/torch_reference.py $flags --steps 50 2>&1 | tee -a "$out/speed.txt"
+    echo "== $name: $flags" | tee -a "$out/speed.txt"
+    local ours naive tuned profile
+    ours=$(/tmp/cvq-bin/cvq-train --cuda --data /tmp/synth $flags --steps "$steps" --qat-steps 0 --warmup 10 \
+        --eval-every 100000 --log-every 50 --force -o "/tmp/$name.safetensors" 2>&1 | grep -E '^(model|trained)')
+    profile=$(/tmp/cvq-bin/cvq-train --cuda --data /tmp/synth $flags --steps 40 --qat-steps 0 --warmup 10 \
+        --eval-every 100000 --log-every 50 --profile --force -o "/tmp/$name-profile.safetensors" 2>&1 | grep '^profile')
+    naive=$(python3 train/bench/torch_reference.py $flags --steps 50 2>&1 | tail -1)
+    tuned=$(python3 train/bench/torch_reference.py $flags --steps 50 --tuned 2>&1 | tail -1)
+    printf '%s\n' "$ours" "$profile" "$naive" "$tuned" | tee -a "$out/speed.txt"
+    local c n t
+    c=$(rate "$(grep trained <<<"$ours")") n=$(rate "$naive") t=$(rate "$tuned")
+    echo "$name: cvq-train $c tokens/s; torch naive $n (ratio $(python3 -c "print(round($c / $n, 3))")), tuned $t (ratio $(python3 -c "print(round($c / $t, 3))"))" | tee -a "$out/ratios.txt"
 }
 run default 300 "--layers 2 --width 128 --heads 4 --context-frames 2 --mlp-width 512 --batch 64 --frames 4"
 run challenge 200 "--layers 6 --width 256 --heads 8 --context-frames 4 --mlp-width 1024 --batch 64 --frames 4"
-run m20 100 "--layers 10 --width 384 --heads 12 --context-frames 8 --mlp-width 1536 --batch 8 --frames 4"
-# Ratios, candle / torch, from the two rates of each size.
-for name in default challenge m20; do
-    part=$(sed -n "/^== $name\$/,/^torch:/p" "$out/speed.txt")
-    c=$(grep -o '[0-9]* tokens/s in training' <<<"$part" | grep -o '^[0-9]*')
-    t=$(grep -o '^torch: [0-9]*' <<<"$part" | grep -o '[0-9]*$')
-    echo "$name: candle $c tokens/s, torch $t, ratio $(python3 -c "print(round($c / $t, 3))")" | tee -a "$out/ratios.txt"
-done

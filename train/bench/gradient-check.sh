@@ -19,3 +19,5 @@ for shape in "2 128 4 2 512 2" "6 256 8 4 1024 2" "1 32 2 1 64 1"; do
     python3 train/bench/torch_reference.py --gradients "$dir/g.safetensors"
     echo
 done
+# The tuned PyTorch peer's frame-block attention (gpu-check.sh) against the dense form.
+python3 train/bench/torch_reference.py --check-blocks

@@ -38,13 +38,18 @@ VOCAB = 1024
 BOS = VOCAB
 
 
+def widen(x):
+    """x in f32 if it is in a 16-bit type (under autocast), else as it is (f64 stays f64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d):
         super().__init__()
         self.gain = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        x = x.float()
+        x = widen(x)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 2.0**-16) * self.gain
 
 
@@ -63,10 +68,28 @@ class Block(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)
         q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        bias = self.frame_bias[:, offsets] + mask  # [heads, N, N]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        if offsets is None:  # --tuned: `mask` is the frame-block mask of `block_layout`
+            y = self.frame_blocks(q, k, v, mask)
+        else:
+            bias = self.frame_bias[:, offsets] + mask  # [heads, N, N]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         x = x + self.out(y.transpose(1, 2).reshape(b, n, d))
         return x + self.down(F.gelu(self.up(self.norm2(x)), approximate="tanh"))
+
+    def frame_blocks(self, q, k, v, mask):
+        """cvq-train's frame-block attention: the queries of frame f against the keys of frames
+        f, f-1, .., f-K only (block o = frame offset o, zeros before the window, masked), the
+        scale folded into q, the frame bias broadcast per block; [b, heads, N, head_dim]."""
+        b, h, n, hd = q.shape
+        w, blocks = n // T, self.frame_bias.shape[1]
+        pad = lambda t: F.pad(t, (0, 0, (blocks - 1) * T, 0))
+        shifted = lambda t: torch.stack([pad(t)[:, :, (blocks - 1 - o) * T:(blocks - 1 - o) * T + n]
+                                         .reshape(b, h, w, T, hd) for o in range(blocks)], 3)
+        keys, values = (shifted(t).reshape(b, h, w, blocks * T, hd) for t in (k, v))
+        scores = (q * hd**-0.5).reshape(b, h, w, T, hd) @ keys.transpose(-1, -2)
+        bias = (self.frame_bias[:, None, None, :, None] + mask).reshape(h, w, T, blocks * T)
+        att = torch.softmax(widen(scores) + bias, -1).to(values.dtype)
+        return (att @ values).reshape(b, h, n, hd)
 
 
 class Gpt(nn.Module):
@@ -82,12 +105,13 @@ class Gpt(nn.Module):
             if p.dim() == 2 and not name.endswith("frame_bias"):
                 nn.init.normal_(p, std=0.02)
 
-    def forward(self, prev, same, mask, offsets):
+    def forward(self, prev, same, mask, offsets, first_scored=0):
+        """Logits of the elements from `first_scored` on (--tuned: the scored frames only)."""
         n = prev.shape[1]
         x = self.tok_prev(prev) + self.tok_same(same) + self.pos(torch.arange(n, device=prev.device) % T)
         for blk in self.blocks:
             x = blk(x, mask, offsets)
-        return F.linear(self.norm_out(x), self.tok_same.weight[:VOCAB]) + self.head_bias
+        return F.linear(self.norm_out(x[:, first_scored:]), self.tok_same.weight[:VOCAB]) + self.head_bias
 
 
 def layout(frames, k, device):
@@ -98,6 +122,15 @@ def layout(frames, k, device):
     allowed = causal & (dt <= k)
     mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
     return mask, dt.clamp(0, k)
+
+
+def block_layout(frames, k, device):
+    """The frame-block mask `[W, T, K+1, T]` (query frame, query place, block o = frame offset,
+    key place): -inf for blocks before the window and, in the query's own frame, for places
+    after the query's."""
+    f, i, o, j = torch.meshgrid(*(torch.arange(s, device=device) for s in (frames, T, k + 1, T)), indexing="ij")
+    allowed = (o <= f) & ((o > 0) | (j <= i))
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
 
 
 def read_safetensors(path):
@@ -160,6 +193,28 @@ def check_gradients(path, tolerance):
     return 0 if worst <= tolerance else 1
 
 
+def check_blocks():
+    """The tuned peer's frame-block attention against the dense masked form, in f64 on the
+    CPU: the same logits and gradients (so both peers time the same model); 0 if they agree."""
+    torch.manual_seed(2)
+    layers, d, heads, k, frames = 2, 32, 4, 2, 5
+    model = Gpt(layers, d, heads, k, 64).double()
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.frame_bias.normal_()
+    tokens = torch.randint(0, VOCAB, (2, (frames + 1) * T))
+    prev, same = tokens[:, T - 1:T - 1 + frames * T], tokens[:, :frames * T]
+    results = []
+    for mask, offsets in (layout(frames, k, "cpu"), (block_layout(frames, k, "cpu"), None)):
+        model.zero_grad()
+        logits = model(prev, same, mask.double(), offsets, T)
+        (logits * torch.linspace(-1, 1, VOCAB, dtype=torch.float64)).sum().backward()
+        results.append([logits.detach()] + [p.grad.clone() for p in model.parameters()])
+    worst = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item() for a, b in zip(*results))
+    print(f"frame-block vs dense attention (f64, {frames} frames, K={k}): largest relative difference {worst:.2e}")
+    return 0 if worst < 1e-10 else 1
+
+
 def main():
     a = argparse.ArgumentParser()
     for name, default in [("layers", 2), ("width", 128), ("heads", 4), ("context-frames", 2), ("mlp-width", 512),
@@ -167,11 +222,18 @@ def main():
         a.add_argument("--" + name, type=int, default=default)
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--compile", action="store_true", help="torch.compile the model")
+    a.add_argument("--tuned", action="store_true",
+                   help="the tuned peer: frame-block attention as cvq-train's, the head on scored frames only, "
+                        "torch.compile, fused AdamW (compile time left out: it falls in the warmup steps)")
+    a.add_argument("--check-blocks", action="store_true",
+                   help="check the tuned peer's frame-block attention against the dense form (f64, CPU)")
     a.add_argument("--gradients", metavar="FILE", help="check cvq-train's gradients in FILE (see above) instead")
     a.add_argument("--tolerance", type=float, default=1e-5,
                    help="largest relative error per tensor for --gradients (default 1e-5: candle's GELU "
                         "backward uses 6-digit constants, relative error ~1e-6)")
     args = a.parse_args()
+    if args.check_blocks:
+        sys.exit(check_blocks())
     if args.gradients:
         sys.exit(check_gradients(args.gradients, args.tolerance))
     dev = torch.device(args.device)
@@ -179,11 +241,12 @@ def main():
     k = args.context_frames
     model = Gpt(args.layers, args.width, args.heads, k, args.mlp_width).to(dev)
     params = sum(p.numel() for p in model.parameters())
-    fwd = torch.compile(model) if args.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    fwd = torch.compile(model) if args.compile or args.tuned else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=args.tuned or None)
     frames = k + args.frames
-    mask, offsets = layout(frames, k, dev)
+    mask, offsets = (block_layout(frames, k, dev), None) if args.tuned else layout(frames, k, dev)
     n = frames * T
+    first = k * T if args.tuned else 0
     tokens = torch.randint(0, VOCAB, (args.batch, (frames + 1) * T), device=dev)
     prev, same, target = tokens[:, T - 1:T - 1 + n], tokens[:, :n], tokens[:, T:T + n]
     scored = torch.zeros(n, device=dev)
@@ -192,9 +255,9 @@ def main():
 
     def step():
         with torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda"):
-            logits = fwd(prev, same, mask, offsets)
-        nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), target.reshape(-1), reduction="none")
-        loss = (nll.reshape(args.batch, n) * scored).sum() / (scored.sum() * args.batch)
+            logits = fwd(prev, same, mask, offsets, first)
+        nll = F.cross_entropy(logits.float().reshape(-1, VOCAB), target[:, first:].reshape(-1), reduction="none")
+        loss = (nll.reshape(args.batch, n - first) * scored[first:]).sum() / (scored.sum() * args.batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,7 +275,7 @@ def main():
     secs = time.perf_counter() - t
     rate = args.steps * args.batch * args.frames * T / secs
     mem = f", peak {torch.cuda.max_memory_allocated() / 1e9:.1f} GB" if dev.type == "cuda" else ""
-    print(f"torch: {rate:.0f} tokens/s ({params} parameters, batch {args.batch} x {args.frames} scored frames, "
+    print(f"torch{' tuned' if args.tuned else ''}: {rate:.0f} tokens/s ({params} parameters, batch {args.batch} x {args.frames} scored frames, "
           f"{args.steps} steps in {secs:.2f} s, {dtype}, {dev}{mem}, loss {loss.item() / math.log(2):.3f} bits)")
 
 
