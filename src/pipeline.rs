@@ -5,7 +5,7 @@
 
 use crate::archive::{self, Archive, CodedSegment};
 use crate::code;
-use crate::data::{Segment, TOKENS_PER_FRAME};
+use crate::data::{self, Segment, TOKENS_PER_FRAME};
 use crate::predict::transformer::Transformer;
 use crate::predict::{hex, Model};
 use anyhow::{bail, ensure, Context, Result};
@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 /// Code one lockstep batch of segments.
 pub fn encode_batch(model: &Model, segments: &[Segment]) -> Result<Vec<CodedSegment>> {
     for seg in segments {
-        archive::check_segment(&seg.name, &seg.header, seg.frames()).with_context(|| seg.name.clone())?;
+        let checked = data::check_tokens(&seg.tokens);
+        checked
+            .and_then(|_| archive::check_segment(&seg.name, &seg.header, seg.frames()))
+            .with_context(|| seg.name.clone())?;
     }
     let sizes: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
     let tokens: Vec<&[u16]> = segments.iter().map(|s| s.tokens.as_slice()).collect();
@@ -144,6 +147,7 @@ pub fn decode_intact(
 
 /// Compress segments in memory (in parallel on the current rayon pool).
 pub fn compress_segments(model: &Model, segments: &[Segment]) -> Result<Vec<u8>> {
+    data::check_unique_names(segments.iter().map(|s| s.name.clone()))?;
     let coded = encode_each(segments, model, |s| Ok(s.clone()), |_| ())?;
     write_archive(&model.id(), &coded)
 }

@@ -113,7 +113,7 @@ fn duplicate_names_are_refused() {
     dataset_dir(&a);
     dataset_dir(&b);
     let c = cvq(&["compress", p(&a), p(&b), "-o", p(&tmp.path().join("x.cvq"))]);
-    assert!(stderr(&c).contains("two inputs are named"), "{}", stderr(&c));
+    assert!(stderr(&c).contains("two segments are named"), "{}", stderr(&c));
 }
 
 #[test]
@@ -524,7 +524,7 @@ fn parts_coded_apart_and_merged_equal_one_run() {
     }
 
     let twice = cvq(&["merge", &parts[0], &parts[0], "-o", p(&tmp.path().join("twice.cvq"))]);
-    assert!(stderr(&twice).contains("two inputs are named"), "{}", stderr(&twice));
+    assert!(stderr(&twice).contains("two segments are named"), "{}", stderr(&twice));
     let neural = tmp.path().join("neural.cvq");
     let one = input.join(&names[0]);
     assert!(cvq(&["compress", p(&one), "--predictor", "neural", "-o", p(&neural)]).status.success());

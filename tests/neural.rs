@@ -343,3 +343,28 @@ fn weights_load_at_each_limit_and_not_past_it() {
     let got = format!("{:#}", Weights::from_bytes(&w.to_bytes().unwrap()).unwrap_err());
     assert!(got.contains("\"layers.0.mlp.up\".scale holds 256.00003, outside 0..=256"), "{got}");
 }
+
+/// Whatever compress accepts, decompress restores: tokens the coder cannot take (a partial
+/// frame, a value past 1023) and two segments of one name are refused before coding, naming
+/// the segment, by every predictor (the round-trip fuzzer found them coded into archives that
+/// did not decode, or a panic).
+#[test]
+fn segments_the_coder_cannot_take_are_refused_by_name() {
+    let neural = model(SMALL, 1);
+    let t = neural.transformer().cloned();
+    let mut wide = synthetic("wide", 1, 3);
+    wide.tokens[5] = 1024;
+    let mut partial = synthetic("partial", 1, 3);
+    partial.tokens.pop();
+    for m in Model::all(t.as_ref()) {
+        for (seg, problem) in
+            [(&wide, "token 5 is 1024, out of range 0..1023"), (&partial, "127 tokens is not a whole number")]
+        {
+            let err = format!("{:#}", compress_segments(&m, std::slice::from_ref(seg)).unwrap_err());
+            assert!(err.starts_with(&seg.name) && err.contains(problem), "{}: {err}", m.name());
+        }
+        let twice = [synthetic("a", 1, 1), synthetic("a", 1, 2)];
+        let err = format!("{:#}", compress_segments(&m, &twice).unwrap_err());
+        assert!(err.contains("two segments are named \"a\""), "{}: {err}", m.name());
+    }
+}

@@ -2,7 +2,6 @@
 
 use crate::data::{parse_segment, read_segment_file, shard::read_shard, Segment};
 use anyhow::{ensure, Context, Result};
-use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -173,19 +172,6 @@ impl Input {
             Input::Loaded(s) => Ok(s.clone()),
         }
     }
-}
-
-/// Segments are restored by name, so two inputs may not share one.
-pub fn check_unique_names(names: impl Iterator<Item = String>) -> Result<()> {
-    let mut seen = HashSet::new();
-    for n in names {
-        ensure!(
-            !seen.contains(&n),
-            "two inputs are named {n:?}: segments are restored by file name, which must be unique"
-        );
-        seen.insert(n);
-    }
-    Ok(())
 }
 
 /// Check, before any coding, that a file can be written at `path`: not a directory, not an

@@ -580,7 +580,7 @@ fn build_archive(
     if let Some(part) = part {
         inputs = part.select(inputs, Input::name);
     }
-    files::check_unique_names(inputs.iter().map(Input::name))?;
+    crate::data::check_unique_names(inputs.iter().map(Input::name))?;
     let start = Instant::now();
     let coded = encode_inputs(&inputs, model, "compress")?;
     let bytes = write_archive(&model.id(), &coded)?;

@@ -68,7 +68,7 @@ pub fn merge(inputs: &[PathBuf], output: &Path, force: bool) -> Result<()> {
             payload: a.payload(e).to_vec(),
         }));
     }
-    files::check_unique_names(coded.iter().map(|c| c.name.clone()))?;
+    crate::data::check_unique_names(coded.iter().map(|c| c.name.clone()))?;
     let (id, _) = model_id.context("no archives to merge")?;
     let bytes = write_archive(&id, &coded)?;
     files::write_output(output, &bytes, force)?;

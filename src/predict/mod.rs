@@ -11,12 +11,12 @@ mod table;
 pub mod transformer;
 
 pub use adapt::{Rates, MAX_WIDTH as MAX_ADAPTIVE_WIDTH};
-pub use context_mix::{ContextMix, Tables};
+pub use context_mix::{ContextMix, Tables, TABLES_WITH_PRIOR};
 pub use mixed::Mixed;
 pub use neural::Neural;
 pub use table::{frequencies, FreqTable, Interval, Predictor, TOTAL, TOTAL_BITS};
 
-use context_mix::{TABLES, TABLES_WITH_PRIOR};
+use context_mix::TABLES;
 use std::sync::Arc;
 use transformer::Transformer;
 

@@ -1,35 +1,48 @@
 //! Dynamic evaluation in float: what a network gains by taking a gradient step on each frame
-//! of a segment right after coding it, and with which of its parameters. A measurement for
-//! choosing what the integer engine adapts (README, "Online adaptation"); it codes nothing.
+//! of a segment right after coding it, and with which of its parameters, alone and inside
+//! the context mixer. A measurement for choosing what the integer engine adapts (README,
+//! "Online adaptation"); it codes nothing.
 //!
 //!     cargo run --release -p cvq-train --example dynamic_eval -- \
-//!         WEIGHTS SEGMENT.npy FROM_FRAME LR [PARAMETER PREFIX...]
+//!         WEIGHTS SEGMENT.npy LR [PARAMETER PREFIX...]
 //!
-//! Scores frames FROM_FRAME.. of the segment one at a time, each with its K context frames,
-//! then moves the parameters whose names start with one of the prefixes (all of them when
-//! none is given; names as in the weights file, e.g. `head_bias`, `layers.1.mlp`, `tok_same`)
-//! by plain SGD with learning rate LR. LR 0 gives the static network's figure.
+//! Scores every frame of the segment in order, each with the K frames before it (fewer at
+//! the start, as the integer engine does), then moves the parameters whose names start with
+//! one of the prefixes (all of them when none is given; names as in the weights file, e.g.
+//! `head_bias`, `layers.1.mlp`, `tok_same`) by plain SGD with learning rate LR. LR 0 gives
+//! the static network's figures. Two figures: the network alone (its cross-entropy), and
+//! `mixed` with the float network's tables (rounded to the coder's integer tables) as the
+//! context mixer's prior, as `cvq bench` codes a segment (the mixer's ideal code length).
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use cvq::data::read_segment_file;
+use cvq::data::{read_segment_file, TOKENS_PER_FRAME, VOCAB};
+use cvq::predict::{ContextMix, FreqTable, TABLES_WITH_PRIOR, TOTAL};
 use cvq_train::data::{HostBatch, Window};
 use cvq_train::export;
 use cvq_train::model::Gpt;
 use std::path::Path;
 
+/// A float distribution as a coder's table: each token at least 1, total `TOTAL`, the
+/// rounding's leftover on the most probable token.
+fn integer_table(p: &[f32]) -> FreqTable {
+    let spare = f64::from(TOTAL - VOCAB as u32);
+    let mut freqs: Vec<u32> = p.iter().map(|&p| 1 + (f64::from(p) * spare) as u32).collect();
+    let top = (0..VOCAB).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+    freqs[top] += TOTAL - freqs.iter().sum::<u32>();
+    FreqTable::new(&freqs)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    ensure!(args.len() >= 4, "usage: dynamic_eval WEIGHTS SEGMENT.npy FROM_FRAME LR [PARAMETER PREFIX...]");
+    ensure!(args.len() >= 3, "usage: dynamic_eval WEIGHTS SEGMENT.npy LR [PARAMETER PREFIX...]");
     let (vm, device) = (VarMap::new(), Device::Cpu);
     let model = export::import(Path::new(&args[0]), &vm, &device)?;
     let seg = read_segment_file(Path::new(&args[1]))?;
-    let from: usize = args[2].parse().context("FROM_FRAME")?;
-    let lr: f64 = args[3].parse().context("LR")?;
-    let prefixes = &args[4..];
+    let lr: f64 = args[2].parse().context("LR")?;
+    let prefixes = &args[3..];
     let k = model.spec.context_frames;
-    ensure!(from >= k && from < seg.frames(), "FROM_FRAME must be in {k}..{}", seg.frames());
 
     let vars = Gpt::vars(&vm);
     let chosen: Vec<_> = vars
@@ -38,14 +51,22 @@ fn main() -> Result<()> {
         .collect();
     ensure!(!chosen.is_empty(), "no parameter starts with {prefixes:?}");
 
-    let mut bits = 0.0;
-    for t in from..seg.frames() {
-        let window = Window::cut(&seg.tokens, t - k, k + 1, k);
-        let batch = HostBatch::new(&[window], k + 1).to_device(&device)?;
-        let loss = model.loss(&batch, false, DType::F32)?;
-        bits += f64::from(loss.to_scalar::<f32>()?) / std::f64::consts::LN_2;
+    let mut mixer = ContextMix::new(seg.tokens.len(), TABLES_WITH_PRIOR);
+    let (mut alone, mut mixed) = (0.0, 0.0);
+    for t in 0..seg.frames() {
+        let start = t.saturating_sub(k);
+        let window = Window::cut(&seg.tokens, start, t - start + 1, t - start);
+        let batch = HostBatch::new(&[window], t - start + 1).to_device(&device)?;
+        let logits = model.forward(&batch, false, DType::F32)?.squeeze(0)?;
+        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
+        for (row, &token) in probs.iter().zip(&seg.tokens[t * TOKENS_PER_FRAME..(t + 1) * TOKENS_PER_FRAME]) {
+            alone -= f64::from(row[usize::from(token)]).log2();
+            let prior = integer_table(row);
+            mixed -= (f64::from(mixer.interval_with(Some(&prior), token).freq) / f64::from(TOTAL)).log2();
+            mixer.learn(Some(&prior), token);
+        }
         if lr > 0.0 {
-            let grads = loss.backward()?;
+            let grads = model.loss(&batch, false, DType::F32)?.backward()?;
             for (_, var) in &chosen {
                 if let Some(g) = grads.get(var.as_tensor()) {
                     var.set(&(var.as_tensor() - (g * lr)?)?)?;
@@ -53,13 +74,14 @@ fn main() -> Result<()> {
             }
         }
     }
-    let frames = seg.frames() - from;
+    let tokens = seg.tokens.len() as f64;
     println!(
-        "{}: frames {from}..{}, lr {lr}, adapting {}: {:.4} bits/token",
+        "{}: {} frames, lr {lr}, adapting {}: network alone {:.4} bits/token, in the mix {:.4}",
         args[1],
         seg.frames(),
         if prefixes.is_empty() { "everything".to_string() } else { prefixes.join(" ") },
-        bits / frames as f64
+        alone / tokens,
+        mixed / tokens
     );
     Ok(())
 }
