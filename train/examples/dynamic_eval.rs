@@ -57,8 +57,9 @@ fn main() -> Result<()> {
         let start = t.saturating_sub(k);
         let window = Window::cut(&seg.tokens, start, t - start + 1, t - start);
         let batch = HostBatch::new(&[window], t - start + 1).to_device(&device)?;
-        let logits = model.forward(&batch, false, DType::F32)?.squeeze(0)?;
-        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2()?;
+        // One forward pass gives both the tables and, for the step, the loss.
+        let logits = model.forward(&batch, false, DType::F32)?;
+        let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits.squeeze(0)?)?.to_vec2()?;
         for (row, &token) in probs.iter().zip(&seg.tokens[t * TOKENS_PER_FRAME..(t + 1) * TOKENS_PER_FRAME]) {
             alone -= f64::from(row[usize::from(token)]).log2();
             let prior = integer_table(row);
@@ -66,7 +67,7 @@ fn main() -> Result<()> {
             mixer.learn(Some(&prior), token);
         }
         if lr > 0.0 {
-            let grads = model.loss(&batch, false, DType::F32)?.backward()?;
+            let grads = model.loss_of(&logits, &batch)?.backward()?;
             for (_, var) in &chosen {
                 if let Some(g) = grads.get(var.as_tensor()) {
                     var.set(&(var.as_tensor() - (g * lr)?)?)?;

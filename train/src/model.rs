@@ -207,13 +207,13 @@ impl Gpt {
             let qkv = h.to_dtype(dtype)?.broadcast_matmul(&layer.qkv.weights(fake_quant)?.to_dtype(dtype)?.t()?)?;
             // [B, heads, N, head_dim]
             let y = if self.dense_attention {
-                self.attend_dense(layer, &qkv, b.frames)?
+                self.attend_dense(layer, &qkv)?
             } else {
-                let att = self.attention(layer, &qkv, &layout, b.frames)?;
+                let att = self.attention(layer, &qkv, &layout)?;
                 if let Some(keep) = keep.as_deref_mut() {
                     keep.push(att.detach().reshape((bsz, self.spec.heads, b.frames, TOKENS_PER_FRAME, ()))?);
                 }
-                let y = att.to_dtype(dtype)?.matmul(&self.blocks(&self.heads(&qkv, 2)?, b.frames)?)?;
+                let y = att.to_dtype(dtype)?.matmul(&self.blocks(&self.heads(&qkv, 2)?)?)?;
                 y.reshape((bsz, self.spec.heads, n, self.spec.head_dim()))?
             };
             let y = y.transpose(1, 2)?.reshape((bsz, n, d))?;
@@ -238,9 +238,10 @@ impl Gpt {
     /// `[B, heads x W, (K+1) T, head_dim]`, block o holding frame f - o (zeros before the
     /// window's start, which the mask leaves out). Heads and frames share one dimension:
     /// candle's CPU matmul takes at most two batch dimensions.
-    fn blocks(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+    fn blocks(&self, x: &Tensor) -> Result<Tensor> {
         let (bsz, heads, n, hd) = x.dims4()?;
         let (k, t) = (self.spec.context_frames, TOKENS_PER_FRAME);
+        let frames = n / t;
         let padded = Tensor::cat(&[&Tensor::zeros((bsz, heads, k * t, hd), x.dtype(), x.device())?, x], 2)?;
         let shifted = (0..=k)
             .map(|o| padded.narrow(2, (k - o) * t, n)?.reshape((bsz, heads, frames, t, hd)))
@@ -250,18 +251,18 @@ impl Gpt {
 
     /// Attention weights `[B, heads x W, T, (K+1) T]` (head and query frame, query place, key
     /// block and place; `Layout`) in the parameters' type, from the layer's queries and keys (`qkv`
-    /// `[B, N, 3d]` in the compute type) over windows of `frames` frames. Each query frame
+    /// `[B, N, 3d]` in the compute type) over windows of whole frames. Each query frame
     /// scores only its K+1 frames' keys, so the cost grows with the window, not its square.
-    fn attention(&self, layer: &Layer, qkv: &Tensor, layout: &Layout, frames: usize) -> Result<Tensor> {
+    fn attention(&self, layer: &Layer, qkv: &Tensor, layout: &Layout) -> Result<Tensor> {
         let (bsz, n, _) = qkv.dims3()?;
         let (heads, hd, k, t) = (self.spec.heads, self.spec.head_dim(), self.spec.context_frames, TOKENS_PER_FRAME);
+        let frames = n / t;
         let q = (self.heads(qkv, 0)? * (1.0 / (hd as f64).sqrt()))?.reshape((bsz, heads * frames, t, hd))?;
-        let keys = self.blocks(&self.heads(qkv, 1)?, frames)?;
+        let keys = self.blocks(&self.heads(qkv, 1)?)?;
         // The frame bias of each head for each block, spread over its T x T places by
         // broadcasting (whose backward is a sum), plus the mask: [heads x W, T, (K+1) T].
         let bias = layer.frame_bias.reshape((heads, 1, 1, k + 1, 1))?.broadcast_add(&layout.mask)?;
         let bias = bias.reshape((heads * frames, t, (k + 1) * t))?;
-        debug_assert_eq!(n, frames * t);
         let scores = q.matmul(&keys.t()?)?.to_dtype(self.dtype())?.broadcast_add(&bias)?;
         let scores = if self.fixed_attention { scores.detach() } else { scores };
         softmax_last_dim(&scores)
@@ -269,9 +270,9 @@ impl Gpt {
 
     /// Test-only, the reference for `attention`: the same attention over the whole window as
     /// one masked `[N, N]` score matrix per head; `[B, heads, N, head_dim]`.
-    fn attend_dense(&self, layer: &Layer, qkv: &Tensor, frames: usize) -> Result<Tensor> {
+    fn attend_dense(&self, layer: &Layer, qkv: &Tensor) -> Result<Tensor> {
         let (hd, k, t) = (self.spec.head_dim(), self.spec.context_frames, TOKENS_PER_FRAME);
-        let n = frames * t;
+        let n = qkv.dim(1)?;
         let q = (self.heads(qkv, 0)? * (1.0 / (hd as f64).sqrt()))?;
         let (mut mask, mut offsets) = (vec![f32::NEG_INFINITY; n * n], vec![0u32; n * n]);
         for (e, (m, o)) in mask.iter_mut().zip(&mut offsets).enumerate() {
@@ -291,8 +292,12 @@ impl Gpt {
 
     /// Mean cross-entropy in nats over the scored positions (a scalar on the device).
     pub fn loss(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
-        let logits = self.forward(b, fake_quant, dtype)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        self.loss_of(&self.forward(b, fake_quant, dtype)?, b)
+    }
+
+    /// The loss of `logits` that `forward` gave for `b` (for a caller that also reads them).
+    pub fn loss_of(&self, logits: &Tensor, b: &Batch) -> Result<Tensor> {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
         let (from, n) = (b.first_scored * TOKENS_PER_FRAME, logits.dim(1)?);
         let picked = logp.gather(&b.targets.narrow(1, from, n)?.contiguous()?.unsqueeze(2)?, 2)?.squeeze(2)?;
         let total = (picked * b.mask.narrow(1, from, n)?.to_dtype(self.dtype())?)?.sum_all()?;
