@@ -129,7 +129,7 @@ fn main() {
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
-        let spec = ModelSpec { layers, width, heads: width / 32, context_frames: k, mlp_width: 4 * width };
+        let spec = ModelSpec::new(layers, width, width / 32, k, 4 * width);
         let model = Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, 1).unwrap())), Learning::Frozen);
         // Frames past the K-frame window cost the same as any later frame: time those.
         let frames = k + 2;

@@ -8,6 +8,8 @@
 #   - --frames: the first 3 frames of a 2400-frame context-mix segment and of a 200-frame
 #     mixed one (segments long enough that the largest table sizes, 2^22 and 2^18, apply),
 #     against the first 3 frames of what cvq restores;
+#   - neural and mixed with random weights of the second weights format (key/value heads
+#     shared, a reach of 1 row and 2 columns), 10 frames each;
 #   - every archive of an earlier release in tests/data (FORMAT.md section 4.1).
 # Needs python3 with numpy. Usage: scripts/reference-check.sh [CVQ]  (default ./target/release/cvq)
 set -euo pipefail
@@ -46,11 +48,12 @@ compare() {
     done
 }
 
-# check NAME ARCHIVE [--frames N]: cvq decompress and the reference decoder, compared.
+# check NAME ARCHIVE [--frames N]: cvq decompress and the reference decoder, compared (both
+# given the weights file $weights if set).
 check() {
     local name=$1 archive=$2 frames=${4:-}
     local out="$work/out-$name" got="$work/ref-$name"
-    "$cvq" decompress -q "$archive" -o "$out"
+    "$cvq" decompress -q ${weights:+--weights "$weights"} "$archive" -o "$out"
     if [ -n "$frames" ]; then
         # The first N frames of what cvq restored, as numpy writes an N-frame array.
         python3 -c "import sys, glob, numpy as np
@@ -59,7 +62,7 @@ for f in glob.glob(sys.argv[1] + '/*'):
     with open(f, 'wb') as out: np.save(out, a)" "$out" "$frames"
     fi
     local t0; t0=$(date +%s.%N)
-    if ! $ref "$archive" -o "$got" ${frames:+--frames $frames} 2>"$work/log-$name"; then
+    if ! $ref "$archive" -o "$got" ${frames:+--frames $frames} ${weights:+--weights "$weights"} 2>"$work/log-$name"; then
         echo "FAIL $name: the reference decoder failed:"; cat "$work/log-$name"; failed=1; return
     fi
     if compare "$name" "$out" "$got"; then
@@ -79,6 +82,13 @@ done
 check context-mix-2400-first3 "$work/context-mix-2400.cvq" --frames 3
 "$cvq" compress -q "$work/c200.npy" -o "$work/mixed-200.cvq" --predictor mixed
 check mixed-200-first3 "$work/mixed-200.cvq" --frames 3
+# Weights of the second format: 2 x 64, 4 heads on 2 key/value heads, K = 2, reach 1, 2.
+[ -x target/release/examples/random_weights ] || cargo build --release -q --example random_weights
+target/release/examples/random_weights "$work/options.safetensors" 2 64 4 2 128 3 2 1 2 2>/dev/null
+for p in neural mixed; do
+    "$cvq" compress -q "$work/c10.npy" -o "$work/options-$p.cvq" --predictor "$p" --weights "$work/options.safetensors"
+    weights=$work/options.safetensors check "options-$p" "$work/options-$p.cvq"
+done
 for a in tests/data/*.cvq; do
     check "$(basename "$a" .cvq)" "$a"
 done

@@ -576,12 +576,23 @@ def gelu(x):
 # ---------------------------------------------------------------------------------------------
 
 WEIGHTS_FORMAT = "cvq-gpt-int8-1"
+WEIGHTS_FORMAT_2 = "cvq-gpt-int8-2"
 SPEC_FIELDS = ("layers", "width", "heads", "context_frames", "mlp_width")
+# The second format's fields: key/value heads and the reach into earlier frames (§3.2.2).
+SPEC_FIELDS_2 = ("kv_heads", "reach_rows", "reach_cols")
+FULL_REACH = (7, 15)
+
+
+def spec_format(spec):
+    """The one format a spec is of: the second exactly when it uses one of its options."""
+    plain = spec["kv_heads"] == spec["heads"] and (spec["reach_rows"], spec["reach_cols"]) == FULL_REACH
+    return WEIGHTS_FORMAT if plain else WEIGHTS_FORMAT_2
 
 
 def tensor_list(spec):
     """§4: the tensors in id order, with dtype and shape (8 + 11 x layers of them)."""
     d, m, h, k = spec["width"], spec["mlp_width"], spec["heads"], spec["context_frames"]
+    qkv_rows = d + 2 * spec["kv_heads"] * (d // h)
     out = []
 
     def matrix(name, rows, cols):
@@ -594,7 +605,7 @@ def tensor_list(spec):
     for l in range(spec["layers"]):
         p = f"layers.{l}."
         out.append((p + "norm1.gain", "F32", [d]))
-        matrix(p + "attn.qkv", 3 * d, d)
+        matrix(p + "attn.qkv", qkv_rows, d)
         out.append((p + "attn.frame_bias", "F32", [h, k + 1]))
         matrix(p + "attn.out", d, d)
         out.append((p + "norm2.gain", "F32", [d]))
@@ -620,6 +631,10 @@ def check_limits(spec):
         raise FormatError(f"weights: mlp_width must be a multiple of 16 in 16..=8192, not {m}")
     if not 1 <= k <= 32:
         raise FormatError(f"weights: context_frames must be 1..=32, not {k}")
+    if spec["kv_heads"] < 1 or h % spec["kv_heads"]:
+        raise FormatError(f"weights: kv_heads {spec['kv_heads']} does not divide heads {h}")
+    if spec["reach_rows"] > FULL_REACH[0] or spec["reach_cols"] > FULL_REACH[1]:
+        raise FormatError(f"weights: reach must be at most 7 rows and 15 columns")
 
 
 def to_fixed(v, bits):
@@ -642,13 +657,19 @@ class Weights:
             raise FormatError(f"{path}: not a safetensors file ({e})")
         data = raw[8 + n :]
         meta = header.pop("__metadata__", None) or {}
-        if meta.get("format") != WEIGHTS_FORMAT:
-            raise FormatError(f"{path}: metadata format is {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}")
+        fmt = meta.get("format")
+        if fmt not in (WEIGHTS_FORMAT, WEIGHTS_FORMAT_2):
+            raise FormatError(f"{path}: metadata format is {fmt!r}, expected {WEIGHTS_FORMAT!r} or {WEIGHTS_FORMAT_2!r}")
+        fields = SPEC_FIELDS + (SPEC_FIELDS_2 if fmt == WEIGHTS_FORMAT_2 else ())
         try:
-            self.spec = {f: int(meta[f]) for f in SPEC_FIELDS}
+            self.spec = {f: int(meta[f]) for f in fields}
         except (KeyError, ValueError) as e:
             raise FormatError(f"{path}: metadata lacks a spec field ({e})")
+        if fmt == WEIGHTS_FORMAT:
+            self.spec.update(kv_heads=self.spec["heads"], reach_rows=FULL_REACH[0], reach_cols=FULL_REACH[1])
         check_limits(self.spec)
+        if spec_format(self.spec) != fmt:
+            raise FormatError(f"{path}: metadata format is {fmt!r}, but the spec is of {spec_format(self.spec)!r}")
         expected = tensor_list(self.spec)
         if set(header) != {name for name, _, _ in expected}:
             raise FormatError(f"{path}: tensors differ from the spec's: "
@@ -662,8 +683,8 @@ class Weights:
         def integer(v):
             ident.update(v.to_bytes(8, "little"))
 
-        string(WEIGHTS_FORMAT)
-        for f in SPEC_FIELDS:
+        string(fmt)
+        for f in fields:
             integer(self.spec[f])
         integer(len(expected))
         for name, dtype, shape in expected:
@@ -732,9 +753,10 @@ class NetworkState:
     def __init__(self, net, n_tokens):
         self.net = net
         s = net.spec
-        self.d, self.heads, self.K = s["width"], s["heads"], s["context_frames"]
+        self.d, self.heads, self.kv_heads, self.K = s["width"], s["heads"], s["kv_heads"], s["context_frames"]
         self.hd = self.d // self.heads
-        shape = (s["layers"], self.heads, max(n_tokens, 1))
+        self.reach = (s["reach_rows"], s["reach_cols"])
+        shape = (s["layers"], self.kv_heads, max(n_tokens, 1))
         self.keys = np.zeros(shape + (self.hd,), dtype=np.int64)
         self.vals = np.zeros(shape + (self.hd,), dtype=np.int64)
         self.kshift = np.zeros(shape, dtype=np.int64)
@@ -748,28 +770,38 @@ class NetworkState:
         same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
         # 1. Input: saturating adds, left to right.
         x = sat32(sat32(net.tok_prev[prev] + net.tok_same[same]) + net.pos[k])
-        lo = max(0, t - self.K) * TOKENS_PER_FRAME  # the window: elements lo..p
-        dt = t - np.arange(lo, p + 1) // TOKENS_PER_FRAME
+        # The window: of the elements lo..p, those of the current frame and, in the earlier
+        # frames, those within reach of position k.
+        lo = max(0, t - self.K) * TOKENS_PER_FRAME
+        e = np.arange(lo, p + 1)
+        place = e % TOKENS_PER_FRAME
+        near = (np.abs(place // 16 - k // 16) <= self.reach[0]) & (np.abs(place % 16 - k % 16) <= self.reach[1])
+        e = e[(e // TOKENS_PER_FRAME == t) | near]
+        dt = t - e // TOKENS_PER_FRAME
+        group = self.heads // self.kv_heads
         for l, layer in enumerate(net.layers):
             # 2.1 Query, key and value.
             h, s = quantize(rms_norm(x, layer["norm1"]))
             y = linear(layer["qkv"], h, s)
             o = np.zeros(d, dtype=np.int64)
             # 2.2 Attention, head by head.
+            for g in range(self.kv_heads):
+                kv = slice(d + g * hd, d + (g + 1) * hd)
+                self.keys[l, g, p], self.kshift[l, g, p] = quantize(y[kv])
+                kv = slice(d + (self.kv_heads + g) * hd, d + (self.kv_heads + g + 1) * hd)
+                self.vals[l, g, p], self.vshift[l, g, p] = quantize(y[kv])
             for j in range(self.heads):
-                dims = slice(j * hd, (j + 1) * hd)
-                self.keys[l, j, p], self.kshift[l, j, p] = quantize(y[d:][dims])
-                self.vals[l, j, p], self.vshift[l, j, p] = quantize(y[2 * d :][dims])
+                dims, g = slice(j * hd, (j + 1) * hd), j // group
                 qq, sq = quantize(y[dims])
-                score = self.keys[l, j, lo : p + 1] @ qq
-                a = sat32(shift_round(score, 16 - sq - self.kshift[l, j, lo : p + 1]) + layer["frame_bias"][j][dt])
+                score = self.keys[l, g, e] @ qq
+                a = sat32(shift_round(score, 16 - sq - self.kshift[l, g, e]) + layer["frame_bias"][j][dt])
                 w = exp_neg(a.max() - a)
                 inv = (1 << 51) // int(w.sum())
-                vs = self.vshift[l, j, lo : p + 1]
+                vs = self.vshift[l, g, e]
                 vmax = int(vs[w > 0].max())
                 gap = vmax - vs
                 P = np.where((w > 0) & (gap < 32), (w * inv) >> (32 + np.minimum(np.maximum(gap, 0), 31)), 0)
-                acc = P @ self.vals[l, j, lo : p + 1]
+                acc = P @ self.vals[l, g, e]
                 o[dims] = shift_round(acc, 19 - vmax)
             # 2.3 Attention output.
             a, s = quantize(o)

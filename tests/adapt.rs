@@ -13,7 +13,7 @@ use cvq::predict::{Learning, Model};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-const SMALL: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const SMALL: ModelSpec = ModelSpec::new(1, 32, 2, 1, 64);
 
 fn weights(seed: u64) -> Arc<Transformer> {
     Arc::new(Transformer::new(&Weights::random(SMALL, seed).unwrap()))
@@ -87,7 +87,7 @@ fn every_predictor_has_its_own_id_and_wide_networks_do_not_adapt() {
     assert_eq!(ids.len(), 9);
     assert!(ids.iter().enumerate().all(|(i, a)| ids[..i].iter().all(|b| a != b)));
     // The view's dot product sums in i32 only up to width 512 (FORMAT.md section 3.4).
-    let wide = ModelSpec { layers: 1, width: 528, heads: 2, context_frames: 1, mlp_width: 16 };
+    let wide = ModelSpec::new(1, 528, 2, 1, 16);
     let wide = Arc::new(Transformer::new(&Weights::random(wide, 1).unwrap()));
     let names: Vec<_> = Model::readable(Some(&wide)).iter().map(|m| m.name()).collect();
     assert_eq!(names, ["context-mix", "neural", "mixed", "context-mix", "mixed", "mixed"]);

@@ -6,7 +6,7 @@ use cvq::network::{ModelSpec, Weights};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const SMALL: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const SMALL: ModelSpec = ModelSpec::new(1, 32, 2, 1, 64);
 
 fn cvq(args: &[&str], path_env: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cvq"));

@@ -599,7 +599,7 @@ fn weights_given_override_the_built_in_ones_and_unknown_weights_are_named() {
 
     // Weights neither built in nor given: the archive's model id is named.
     let random = tmp.path().join("random.safetensors");
-    let spec = cvq::network::ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+    let spec = cvq::network::ModelSpec::new(1, 32, 2, 1, 64);
     std::fs::write(&random, cvq::network::Weights::random(spec, 3).unwrap().to_bytes().unwrap()).unwrap();
     let names = dataset_dir(&tmp.path().join("in"));
     let archive = tmp.path().join("random.cvq");

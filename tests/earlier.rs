@@ -13,7 +13,7 @@ use cvq::predict::{hex, Model, EARLIER};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-const SMALL: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const SMALL: ModelSpec = ModelSpec::new(1, 32, 2, 1, 64);
 
 /// The earlier predictor of id string `id`, with weights `t` where it has a network.
 fn earlier(id: &str, t: &Arc<Transformer>) -> Model {

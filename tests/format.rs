@@ -51,7 +51,7 @@ fn the_tensor_count_and_order_are_the_code_s() {
         let b = rest.trim_end_matches([' ', 'x', '*']).trim();
         let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
         for layers in 1..=4 {
-            let spec = ModelSpec { layers, width: 32, heads: 2, context_frames: 2, mlp_width: 64 };
+            let spec = ModelSpec::new(layers, 32, 2, 2, 64);
             assert_eq!(a + b * layers, file_tensors(&spec).len(), "`{formula}` at {layers} layers");
         }
         stated += 1;
@@ -62,7 +62,7 @@ fn the_tensor_count_and_order_are_the_code_s() {
     let start = text.find("Tensor order (").unwrap();
     let list = &text[start..start + text[start..].find("Shapes:").unwrap()];
     let listed: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
-    let spec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 2, mlp_width: 64 };
+    let spec = ModelSpec::new(1, 32, 2, 2, 64);
     let names: Vec<String> = file_tensors(&spec).into_iter().map(|n| n.replace("layers.0.", "layers.l.")).collect();
     let listed: Vec<&str> = listed.into_iter().filter(|n| names.iter().any(|m| m == n)).collect();
     assert_eq!(listed, names, "section 4's tensor order");

@@ -12,7 +12,7 @@ use cvq::predict::{Learning::Frozen, Model};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-const SMALL: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const SMALL: ModelSpec = ModelSpec::new(1, 32, 2, 1, 64);
 
 fn random_weights(seed: u64) -> Arc<Transformer> {
     Arc::new(Transformer::new(&Weights::random(SMALL, seed).unwrap()))

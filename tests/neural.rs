@@ -12,7 +12,12 @@ use cvq::predict::{frequencies, Learning, Model, Neural, TOTAL};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-const SMALL: ModelSpec = ModelSpec { layers: 2, width: 32, heads: 2, context_frames: 2, mlp_width: 64 };
+const SMALL: ModelSpec = ModelSpec::new(2, 32, 2, 2, 64);
+/// The options that read less (weights format 2): both heads on one key/value head, and a
+/// reach of 1 row and 2 columns (runs of a row each, some starting at odd slots) ...
+const SHARED_NEAR: ModelSpec = ModelSpec { kv_heads: 1, reach_rows: 1, reach_cols: 2, ..SMALL };
+/// ... and a reach of 2 whole rows (runs of several rows).
+const ROWS: ModelSpec = ModelSpec { reach_rows: 2, ..SMALL };
 
 fn model(spec: ModelSpec, seed: u64) -> Model {
     Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, seed).unwrap())), Learning::Frozen)
@@ -37,9 +42,16 @@ fn tokens(n: usize) -> Vec<u16> {
 
 #[test]
 fn tables_are_valid_and_match_golden_hash() {
+    for (spec, golden) in [(SMALL, GOLDEN_TABLES), (SHARED_NEAR, GOLDEN_TABLES_SHARED_NEAR), (ROWS, GOLDEN_TABLES_ROWS)]
+    {
+        assert_eq!(tables_hash(spec), golden, "{spec:?}");
+    }
+}
+
+fn tables_hash(spec: ModelSpec) -> String {
     // Synthetic input, so the hash does not depend on the data being present.
     let toks = synthetic("g", 3, 11).tokens;
-    let mut p = Neural::new(transformer(&model(SMALL, 1)), toks.len(), None);
+    let mut p = Neural::new(transformer(&model(spec, 1)), toks.len(), None);
     let mut h = Sha256::new();
     for &t in &toks {
         let f = frequencies(&mut p);
@@ -50,14 +62,22 @@ fn tables_are_valid_and_match_golden_hash() {
     }
     // Pins every integer of the engine for this seeded model and input: any change to the
     // arithmetic shows here first. Update deliberately, with the reason, never to pass.
-    assert_eq!(hex(&h.finalize()), GOLDEN_TABLES);
+    hex(&h.finalize())
 }
 
 const GOLDEN_TABLES: &str = "b6a6288c06ad2c4445dcf4eaec11d53f03ea690969aaf3860407840d63b7afe4";
+const GOLDEN_TABLES_SHARED_NEAR: &str = "27eca794ba8f30f35bfb919dadecd69a84df5aef93b850212c15ff4e351e0ca8";
+const GOLDEN_TABLES_ROWS: &str = "0652ba2cda68a4af856356efceb2ce04128563c89fd82b69c15a5394e88ef196";
 
 #[test]
 fn batch_size_and_threads_do_not_change_a_byte() {
-    let m = model(SMALL, 2);
+    for spec in [SMALL, SHARED_NEAR] {
+        batch_and_threads_agree(spec);
+    }
+}
+
+fn batch_and_threads_agree(spec: ModelSpec) {
+    let m = model(spec, 2);
     let segments: Vec<Segment> = (0..5).map(|i| synthetic(&format!("s{i}"), 3 + i % 2, i as u64)).collect();
     let one_by_one: Vec<_> = segments.iter().flat_map(|s| encode_batch(&m, std::slice::from_ref(s)).unwrap()).collect();
     let all_at_once = encode_batch(&m, &segments).unwrap();
@@ -72,7 +92,7 @@ fn batch_size_and_threads_do_not_change_a_byte() {
 #[test]
 fn clip_round_trips_with_a_seeded_model() {
     let seg = clip();
-    let m = model(ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 }, 5);
+    let m = model(ModelSpec::new(1, 32, 2, 1, 64), 5);
     let bytes = compress_segments(&m, std::slice::from_ref(&seg)).unwrap();
     let back = decompress_segments(&bytes, m.transformer()).unwrap();
     assert_eq!(back[0].to_npy_bytes().unwrap(), std::fs::read(common::real_data("clip.npy")).unwrap());
@@ -115,6 +135,18 @@ fn mismatched_weights_files_give_clear_errors() {
     let mut bad_spec = w.clone();
     bad_spec.spec.layers = 0;
     assert!(err(&bad_spec).contains("layers must be 1..=64"), "{}", err(&bad_spec));
+    // The second format's fields: checked, and present exactly when the spec needs them.
+    let options = Weights::random(ROWS, 1).unwrap().to_bytes().unwrap();
+    let forged = |fields: Forged| format!("{:#}", Weights::from_bytes(&forge_metadata(&options, fields)).unwrap_err());
+    let uneven = forged(&[("heads", 2, 3)]);
+    assert!(uneven.contains("width 32 is not a multiple of heads 3"), "{uneven}");
+    let plain = forged(&[("reach_rows", 2, 7)]);
+    assert!(plain.contains("but the spec is of \"cvq-gpt-int8-1\""), "{plain}");
+    let far = forged(&[("reach_rows", 2, 8)]);
+    assert!(far.contains("reach must be at most 7 rows and 15 columns"), "{far}");
+    let shared = Weights::random(SHARED_NEAR, 1).unwrap().to_bytes().unwrap();
+    let first = format!("{:#}", Weights::from_bytes(&forge_metadata(&shared, &[("kv_heads", 1, 3)])).unwrap_err());
+    assert!(first.contains("kv_heads 3 does not divide heads 2"), "{first}");
 }
 
 /// The same network in f64 with the int8 weights dequantized: exact exp, tanh and division,
@@ -149,24 +181,29 @@ fn float_bits(w: &Weights, toks: &[u16]) -> Vec<f64> {
             let (qkv, out, up, down) = &layers[l];
             let h = norm(&x, &layer.norm1);
             let y = matvec(qkv, &h);
-            keys[l].push(y[d..2 * d].to_vec());
-            vals[l].push(y[2 * d..].to_vec());
+            let kv = s.kv_heads * hd;
+            keys[l].push(y[d..d + kv].to_vec());
+            vals[l].push(y[d + kv..].to_vec());
             let t = p / 128;
             let first = t.saturating_sub(kf) * 128;
+            let window: Vec<usize> = (first..=p).filter(|&j| j / 128 == t || s.reaches(p % 128, j % 128)).collect();
             let mut att = vec![0.0; d];
             for hh in 0..s.heads {
                 let r = hh * hd..(hh + 1) * hd;
-                let logits: Vec<f64> = (first..=p)
-                    .map(|j| {
-                        let dot: f64 = y[r.clone()].iter().zip(&keys[l][j][r.clone()]).map(|(a, b)| a * b).sum();
+                let g = hh / (s.heads / s.kv_heads);
+                let rk = g * hd..(g + 1) * hd;
+                let logits: Vec<f64> = window
+                    .iter()
+                    .map(|&j| {
+                        let dot: f64 = y[r.clone()].iter().zip(&keys[l][j][rk.clone()]).map(|(a, b)| a * b).sum();
                         dot + layer.frame_bias[hh * (kf + 1) + (t - j / 128)] as f64
                     })
                     .collect();
                 let mx = logits.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = logits.iter().map(|v| (v - mx).exp()).collect();
                 let sum: f64 = e.iter().sum();
-                for (j, ej) in (first..=p).zip(&e) {
-                    for (a, v) in att[r.clone()].iter_mut().zip(&vals[l][j][r.clone()]) {
+                for (&j, ej) in window.iter().zip(&e) {
+                    for (a, v) in att[r.clone()].iter_mut().zip(&vals[l][j][rk.clone()]) {
                         *a += ej / sum * v;
                     }
                 }
@@ -189,8 +226,8 @@ fn float_bits(w: &Weights, toks: &[u16]) -> Vec<f64> {
 #[test]
 fn integer_model_stays_within_one_percent_of_float() {
     let toks = tokens(128 * 6);
-    for seed in [7, 8] {
-        let mut w = Weights::random(SMALL, seed).unwrap();
+    for (spec, seed) in [(SMALL, 7), (SMALL, 8), (SHARED_NEAR, 7), (ROWS, 8)] {
+        let mut w = Weights::random(spec, seed).unwrap();
         // Sharpen the tied embedding so the distributions are far from flat.
         w.tok_same.scale.iter_mut().for_each(|s| *s *= 2.0);
         let w = Weights::from_bytes(&w.to_bytes().unwrap()).unwrap();
@@ -200,7 +237,7 @@ fn integer_model_stays_within_one_percent_of_float() {
         let n = toks.len() as f64;
         let (fi, ii) = (float.iter().sum::<f64>() / n, int.iter().sum::<f64>() / n);
         let mean_abs = float.iter().zip(&int).map(|(a, b)| (a - b).abs()).sum::<f64>() / n;
-        eprintln!("seed {seed}: integer {ii:.4} bits/token, float {fi:.4}, gap {:.3}%, mean |per-token difference| {mean_abs:.4} bits", (ii - fi) / fi * 100.0);
+        eprintln!("{spec:?} seed {seed}: integer {ii:.4} bits/token, float {fi:.4}, gap {:.3}%, mean |per-token difference| {mean_abs:.4} bits", (ii - fi) / fi * 100.0);
         assert!(((ii - fi) / fi).abs() < 0.01, "integer {ii} vs float {fi}");
         assert!(mean_abs < 0.02, "tokens differ by {mean_abs} bits on average");
     }
@@ -217,8 +254,11 @@ fn model_id_from_the_spec(file: &[u8]) -> [u8; 32] {
         enc.extend((s.len() as u32).to_le_bytes());
         enc.extend(s.as_bytes());
     };
-    string(&mut enc, "cvq-gpt-int8-1");
-    for k in ["layers", "width", "heads", "context_frames", "mlp_width"] {
+    let format = meta["format"].as_str();
+    string(&mut enc, format);
+    let second = ["kv_heads", "reach_rows", "reach_cols"];
+    let extra = if format == "cvq-gpt-int8-2" { &second[..] } else { &[] };
+    for k in ["layers", "width", "heads", "context_frames", "mlp_width"].iter().chain(extra) {
         enc.extend(field(k).to_le_bytes());
     }
     let mut names = vec!["tok_prev", "tok_same", "pos"].into_iter().map(String::from).collect::<Vec<_>>();
@@ -254,16 +294,20 @@ fn model_id_from_the_spec(file: &[u8]) -> [u8; 32] {
 
 #[test]
 fn weights_files_are_byte_reproducible_and_the_id_follows_the_spec() {
-    let file = Weights::random(SMALL, 1).unwrap().to_bytes().unwrap();
-    for _ in 0..4 {
-        // Each call builds a fresh metadata HashMap, with its own iteration order.
-        assert_eq!(Weights::random(SMALL, 1).unwrap().to_bytes().unwrap(), file);
+    let goldens =
+        [(SMALL, GOLDEN_RANDOM_FILE, GOLDEN_RANDOM_ID), (SHARED_NEAR, GOLDEN_SHARED_NEAR_FILE, GOLDEN_SHARED_NEAR_ID)];
+    for (spec, golden_file, golden_id) in goldens {
+        let file = Weights::random(spec, 1).unwrap().to_bytes().unwrap();
+        for _ in 0..4 {
+            // Each call builds a fresh metadata HashMap, with its own iteration order.
+            assert_eq!(Weights::random(spec, 1).unwrap().to_bytes().unwrap(), file);
+        }
+        // Pins the file and the id. Update deliberately, with the reason, never to pass.
+        assert_eq!(hex(&Sha256::digest(&file)), golden_file, "{spec:?}");
+        let w = Weights::from_bytes(&file).unwrap();
+        assert_eq!(w.hash, model_id_from_the_spec(&file));
+        assert_eq!(hex(&w.hash), golden_id, "{spec:?}");
     }
-    // Pins the file and the id. Update deliberately, with the reason, never to pass.
-    assert_eq!(hex(&Sha256::digest(&file)), GOLDEN_RANDOM_FILE);
-    let w = Weights::from_bytes(&file).unwrap();
-    assert_eq!(w.hash, model_id_from_the_spec(&file));
-    assert_eq!(hex(&w.hash), GOLDEN_RANDOM_ID);
     // The built-in weights were written before metadata was sorted: they load, and keep
     // their id when written again in the sorted form.
     if let Some(default) = cvq::network::default_weights() {
@@ -286,6 +330,8 @@ fn earlier_built_in_weights_have_the_ids_their_table_gives() {
 
 const GOLDEN_RANDOM_FILE: &str = "a95cb076b8886af18dc167c562e628caa34163cd94a63341fe4d281666302017";
 const GOLDEN_RANDOM_ID: &str = "b31f0d57c295d57204d870e1256109d2e6ea15f9c52a46e7d510f88845a59f16";
+const GOLDEN_SHARED_NEAR_FILE: &str = "aaa708a4fc27b70983848d3f472b5a2904c222cdf5921c4b84006ea76e7d3f07";
+const GOLDEN_SHARED_NEAR_ID: &str = "2c49c6bbf922b80c9ff6e5b9e4ce01339a776a3b67933bff31eee5ea89e7e09f";
 
 /// `file` with metadata values replaced (each by one of the same length, so offsets stay put).
 /// Metadata fields to forge: key, value in the file, value to put there.
@@ -304,7 +350,7 @@ fn forge_metadata(file: &[u8], fields: Forged) -> Vec<u8> {
 
 #[test]
 fn weights_load_at_each_limit_and_not_past_it() {
-    let base = ModelSpec { layers: 1, width: 16, heads: 1, context_frames: 1, mlp_width: 16 };
+    let base = ModelSpec::new(1, 16, 1, 1, 16);
     let cases: [(ModelSpec, Forged, &str); 5] = [
         (
             ModelSpec { width: 512, ..base },
@@ -312,7 +358,7 @@ fn weights_load_at_each_limit_and_not_past_it() {
             "head_dim 528 (width 528 / heads 1) exceeds the limit of 512",
         ),
         (
-            ModelSpec { width: 2048, heads: 4, ..base },
+            ModelSpec { width: 2048, heads: 4, kv_heads: 4, ..base },
             &[("width", 2048, 2064), ("heads", 4, 8)],
             "width must be a multiple of 16 in 16..=2048, not 2064",
         ),

@@ -11,6 +11,12 @@
 //! frame offset (0..=context_frames). No absolute frame index enters the network, so cached
 //! keys and values stay valid as the window slides from frame to frame.
 //!
+//! Two options read less of the key/value cache (FORMAT.md section 3.2.4): `kv_heads` key/value
+//! heads shared by the query heads in groups (grouped-query attention; one is multi-query),
+//! and a reach: in an earlier frame a query reads only the places within `reach_rows` rows and
+//! `reach_cols` columns of its own (motion between frames is mostly local); its own frame stays
+//! causal over every earlier place. A model using neither is of the first weights format.
+//!
 //! Each layer: `x += out(attn(rmsnorm1(x)))`, `x += down(gelu(up(rmsnorm2(x))))`, with
 //! bias-free linear layers and the tanh approximation of GELU. Output:
 //! `logits = tok_same[0..1024] . rmsnorm_out(x) + head_bias` (the output matrix is tied to
@@ -25,8 +31,13 @@ use crate::data::{TOKENS_PER_FRAME, VOCAB};
 pub const BOS: usize = VOCAB;
 /// Input vocabulary: the 1024 token values and BOS.
 pub const INPUT_VOCAB: usize = VOCAB + 1;
-/// The weights format, as the metadata's "format" names it; also the model id's first field.
+/// The weights formats, as the metadata's "format" names them; also the model id's first
+/// field. The second adds `kv_heads`, `reach_rows` and `reach_cols`; a model is of the first
+/// exactly when it uses neither option, so every earlier file and id stays as it was.
 pub const FORMAT: &str = "cvq-gpt-int8-1";
+pub const FORMAT_2: &str = "cvq-gpt-int8-2";
+/// The reach that covers a whole frame (8 rows of 16 places): full attention.
+pub const FULL_REACH: (usize, usize) = (7, 15);
 /// The integer engine's limits (FORMAT.md section 3.2.1 derives them; the engine asserts the
 /// arithmetic ones at compile time). Largest attention head: a score sums `head_dim` products
 /// of two 12-bit activations, 512 x 2047^2 < 2^31.
@@ -56,6 +67,13 @@ pub struct ModelSpec {
     pub context_frames: usize,
     /// Hidden width of the MLP.
     pub mlp_width: usize,
+    /// Key/value heads, dividing `heads`: query head `h` reads key/value head
+    /// `h / (heads / kv_heads)`.
+    pub kv_heads: usize,
+    /// In an earlier frame, a query at row r, column c reads the places within `reach_rows`
+    /// rows and `reach_cols` columns of (r, c) (`FULL_REACH`: all of them).
+    pub reach_rows: usize,
+    pub reach_cols: usize,
 }
 
 /// How a tensor's values are stored.
@@ -68,6 +86,26 @@ pub enum Kind {
 }
 
 impl ModelSpec {
+    /// A spec of the first format: every head its own keys and values, full reach.
+    pub const fn new(layers: usize, width: usize, heads: usize, context_frames: usize, mlp_width: usize) -> ModelSpec {
+        let (reach_rows, reach_cols) = FULL_REACH;
+        ModelSpec { layers, width, heads, context_frames, mlp_width, kv_heads: heads, reach_rows, reach_cols }
+    }
+
+    /// The weights format this spec needs: the first unless it uses an option of the second.
+    pub fn format(&self) -> &'static str {
+        match self.kv_heads == self.heads && (self.reach_rows, self.reach_cols) == FULL_REACH {
+            true => FORMAT,
+            false => FORMAT_2,
+        }
+    }
+
+    /// Whether a query at frame position `query` reads position `key` of an earlier frame.
+    pub fn reaches(&self, query: usize, key: usize) -> bool {
+        let (qr, qc, kr, kc) = (query / 16, query % 16, key / 16, key % 16);
+        qr.abs_diff(kr) <= self.reach_rows && qc.abs_diff(kc) <= self.reach_cols
+    }
+
     pub fn head_dim(&self) -> usize {
         self.width / self.heads
     }
@@ -89,6 +127,20 @@ impl ModelSpec {
             "width {} is not a multiple of heads {}",
             self.width,
             self.heads
+        );
+        ensure!(
+            self.kv_heads >= 1 && self.heads.is_multiple_of(self.kv_heads),
+            "kv_heads {} does not divide heads {}",
+            self.kv_heads,
+            self.heads
+        );
+        ensure!(
+            self.reach_rows <= FULL_REACH.0 && self.reach_cols <= FULL_REACH.1,
+            "reach must be at most {} rows and {} columns (a whole frame), not {} and {}",
+            FULL_REACH.0,
+            FULL_REACH.1,
+            self.reach_rows,
+            self.reach_cols
         );
         ensure!(
             self.width.is_multiple_of(16) && (16..=MAX_WIDTH).contains(&self.width),
@@ -116,12 +168,18 @@ impl ModelSpec {
     }
 
     /// Bytes of one segment's key/value cache: per layer, keys and values of `window()` slots,
-    /// each `width` i16 values and one i32 shift per head.
+    /// each `kv_heads x head_dim` i16 values and one i32 shift per key/value head.
     pub fn kv_cache_bytes(&self) -> usize {
         // Values and keys (i16, keys padded to an even count of dims per head), and a shift
         // (i32) per head for each.
-        let dims = self.width + self.heads * self.head_dim().next_multiple_of(2);
-        self.layers * self.window() * (dims * 2 + 2 * self.heads * 4)
+        let dims = self.kv_heads * (self.head_dim() + self.head_dim().next_multiple_of(2));
+        self.layers * self.window() * (dims * 2 + 2 * self.kv_heads * 4)
+    }
+
+    /// Rows of `attn.qkv`: the queries (`width`), then the keys and the values of the
+    /// key/value heads.
+    pub fn qkv_rows(&self) -> usize {
+        self.width + 2 * self.kv_heads * self.head_dim()
     }
 
     /// Every tensor of the model: name, shape and kind. The trainer exports exactly these.
@@ -135,7 +193,7 @@ impl ModelSpec {
         for l in 0..self.layers {
             let p = |s: &str| format!("layers.{l}.{s}");
             t.push((p("norm1.gain"), vec![d], Kind::F32));
-            t.push((p("attn.qkv"), vec![3 * d, d], Kind::Int8Rows));
+            t.push((p("attn.qkv"), vec![self.qkv_rows(), d], Kind::Int8Rows));
             t.push((p("attn.frame_bias"), vec![self.heads, self.context_frames + 1], Kind::F32));
             t.push((p("attn.out"), vec![d, d], Kind::Int8Rows));
             t.push((p("norm2.gain"), vec![d], Kind::F32));
@@ -147,19 +205,26 @@ impl ModelSpec {
         t
     }
 
+    /// The spec's numbers as the model id and the metadata name them, in id order: the
+    /// first format's five, then the second's three where the spec is of it.
+    pub fn fields(&self) -> Vec<(&'static str, usize)> {
+        let mut f = vec![
+            ("layers", self.layers),
+            ("width", self.width),
+            ("heads", self.heads),
+            ("context_frames", self.context_frames),
+            ("mlp_width", self.mlp_width),
+        ];
+        if self.format() == FORMAT_2 {
+            f.extend([("kv_heads", self.kv_heads), ("reach_rows", self.reach_rows), ("reach_cols", self.reach_cols)]);
+        }
+        f
+    }
+
     /// The spec as safetensors metadata.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        [
-            ("format", FORMAT.to_string()),
-            ("layers", self.layers.to_string()),
-            ("width", self.width.to_string()),
-            ("heads", self.heads.to_string()),
-            ("context_frames", self.context_frames.to_string()),
-            ("mlp_width", self.mlp_width.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let fields = self.fields().into_iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        fields.chain([("format".to_string(), self.format().to_string())]).collect()
     }
 
     pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Self> {
@@ -170,21 +235,29 @@ impl ModelSpec {
                 .with_context(|| format!("metadata {k:?} is not a number"))
         };
         let format = meta.get("format").map(String::as_str);
-        ensure!(format == Some(FORMAT), "metadata format is {format:?}, expected {FORMAT:?}");
-        let spec = ModelSpec {
-            layers: get("layers")?,
-            width: get("width")?,
-            heads: get("heads")?,
-            context_frames: get("context_frames")?,
-            mlp_width: get("mlp_width")?,
-        };
+        ensure!(
+            format == Some(FORMAT) || format == Some(FORMAT_2),
+            "metadata format is {format:?}, expected {FORMAT:?} or {FORMAT_2:?}"
+        );
+        let mut spec =
+            ModelSpec::new(get("layers")?, get("width")?, get("heads")?, get("context_frames")?, get("mlp_width")?);
+        if format == Some(FORMAT_2) {
+            (spec.kv_heads, spec.reach_rows, spec.reach_cols) =
+                (get("kv_heads")?, get("reach_rows")?, get("reach_cols")?);
+        }
         spec.validate()?;
+        // One format per spec, so that a model has one id.
+        ensure!(
+            format == Some(spec.format()),
+            "metadata format is {format:?}, but the spec is of {:?} (the second is for kv_heads below heads or a reach below a whole frame)",
+            spec.format()
+        );
         Ok(spec)
     }
 
     /// Multiply-accumulates of the linear layers per token (attention excluded).
     pub fn linear_macs(&self) -> usize {
         let (d, m) = (self.width, self.mlp_width);
-        self.layers * (4 * d * d + 2 * d * m) + VOCAB * d
+        self.layers * (2 * d * d + d * self.qkv_rows() + 2 * d * m) + VOCAB * d
     }
 }

@@ -180,7 +180,7 @@ impl Weights {
         let layers = (0..spec.layers)
             .map(|_| Layer {
                 norm1: vec![1.0; d],
-                qkv: linear(3 * d, d, 1.0),
+                qkv: linear(spec.qkv_rows(), d, 1.0),
                 frame_bias: (0..spec.heads * (k + 1)).map(|i| -((i % (k + 1)) as f32) * 0.5).collect(),
                 out: linear(d, d, 0.5),
                 norm2: vec![1.0; d],
@@ -217,8 +217,8 @@ fn id_tensor_names(spec: &ModelSpec) -> Vec<String> {
     names
 }
 
-/// SHA-256 of the canonical encoding of FORMAT.md section 4: the format tag, the five spec
-/// fields, then each tensor's name, dtype, shape and bytes. Only fixed-width little-endian
+/// SHA-256 of the canonical encoding of FORMAT.md section 4: the format tag, the spec's
+/// fields (five, or eight in the second format), then each tensor's name, dtype, shape and bytes. Only fixed-width little-endian
 /// integers and length-prefixed strings, so any implementation can recompute it. `st` must
 /// hold every tensor of the spec (`from_bytes` checked that).
 fn model_id(spec: &ModelSpec, st: &SafeTensors) -> [u8; 32] {
@@ -229,8 +229,8 @@ fn model_id(spec: &ModelSpec, st: &SafeTensors) -> [u8; 32] {
         h.update(s.as_bytes());
     };
     let int = |h: &mut Sha256, v: usize| h.update((v as u64).to_le_bytes());
-    string(&mut h, super::spec::FORMAT);
-    for v in [spec.layers, spec.width, spec.heads, spec.context_frames, spec.mlp_width] {
+    string(&mut h, spec.format());
+    for (_, v) in spec.fields() {
         int(&mut h, v);
     }
     let names = id_tensor_names(spec);
@@ -302,7 +302,7 @@ mod tests {
     /// distinct, written, and read back by name.
     #[test]
     fn each_tensor_is_written_under_its_own_name() {
-        let spec = ModelSpec { layers: 2, width: 16, heads: 2, context_frames: 1, mlp_width: 32 };
+        let spec = ModelSpec::new(2, 16, 2, 1, 32);
         let mut w = Weights::random(spec, 3).unwrap();
         for (i, l) in w.layers.iter_mut().enumerate() {
             let i = i as f32;

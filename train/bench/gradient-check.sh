@@ -13,8 +13,10 @@ cargo build --release -q -p cvq-train --example gradients
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 # The built-in model's shape (K=2) and the challenge preset's (6 x 256, 8 heads, K=4), each
-# with 2 scored frames per window; then the tiny preset's, with 1.
-for shape in "2 128 4 2 512 2" "6 256 8 4 1024 2" "1 32 2 1 64 1"; do
+# with 2 scored frames per window; the tiny preset's, with 1; then the default shape with the
+# options that read less (key/value heads shared in pairs, reach 2 rows and 3 columns) and the
+# challenge shape with one key/value head (multi-query) and a reach of 1 row.
+for shape in "2 128 4 2 512 2" "6 256 8 4 1024 2" "1 32 2 1 64 1" "2 128 4 2 512 2 2 2 3" "6 256 8 4 1024 2 1 1 15"; do
     ./target/release/examples/gradients "$dir/g.safetensors" $shape 2>/dev/null
     python3 train/bench/torch_reference.py --gradients "$dir/g.safetensors"
     echo

@@ -54,11 +54,11 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d, heads, k, mlp):
+    def __init__(self, d, heads, k, mlp, kv_heads=None):
         super().__init__()
-        self.heads = heads
+        self.heads, self.kv_heads = heads, kv_heads or heads
         self.norm1, self.norm2 = RMSNorm(d), RMSNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.qkv = nn.Linear(d, d + 2 * self.kv_heads * (d // heads), bias=False)
         self.out = nn.Linear(d, d, bias=False)
         self.up = nn.Linear(d, mlp, bias=False)
         self.down = nn.Linear(mlp, d, bias=False)
@@ -66,8 +66,12 @@ class Block(nn.Module):
 
     def forward(self, x, mask, offsets):
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(d, dim=2)
-        q, k, v = (t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        hd = d // self.heads
+        q, k, v = self.qkv(self.norm1(x)).split([d, self.kv_heads * hd, self.kv_heads * hd], dim=2)
+        q = q.reshape(b, n, self.heads, hd).transpose(1, 2)
+        # Grouped-query attention: query head h reads key/value head h // (heads // kv_heads).
+        k, v = (t.reshape(b, n, self.kv_heads, hd).transpose(1, 2).repeat_interleave(self.heads // self.kv_heads, 1)
+                for t in (k, v))
         if offsets is None:  # --tuned: `mask` is the frame-block mask of `block_layout`
             y = self.frame_blocks(q, k, v, mask)
         else:
@@ -93,12 +97,12 @@ class Block(nn.Module):
 
 
 class Gpt(nn.Module):
-    def __init__(self, layers, d, heads, k, mlp):
+    def __init__(self, layers, d, heads, k, mlp, kv_heads=None):
         super().__init__()
         self.tok_prev = nn.Embedding(VOCAB + 1, d)
         self.tok_same = nn.Embedding(VOCAB + 1, d)
         self.pos = nn.Embedding(T, d)
-        self.blocks = nn.ModuleList(Block(d, heads, k, mlp) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, heads, k, mlp, kv_heads) for _ in range(layers))
         self.norm_out = RMSNorm(d)
         self.head_bias = nn.Parameter(torch.zeros(VOCAB))
         for name, p in self.named_parameters():
@@ -114,12 +118,19 @@ class Gpt(nn.Module):
         return F.linear(self.norm_out(x[:, first_scored:]), self.tok_same.weight[:VOCAB]) + self.head_bias
 
 
-def layout(frames, k, device):
+def reaches(i, j, reach):
+    """Whether a query at place i reads place j of an earlier frame: within reach = (rows,
+    columns) of it in the 8 x 16 frame ((7, 15): everywhere)."""
+    return ((i // 16 - j // 16).abs() <= reach[0]) & ((i % 16 - j % 16).abs() <= reach[1])
+
+
+def layout(frames, k, device, reach=(7, 15)):
     """Attention mask (0 or -inf) and frame offsets for windows of `frames` frames."""
-    f = torch.arange(frames * T, device=device) // T
+    e = torch.arange(frames * T, device=device)
+    f = e // T
     dt = f[:, None] - f[None, :]
     causal = torch.ones(frames * T, frames * T, device=device, dtype=torch.bool).tril()
-    allowed = causal & (dt <= k)
+    allowed = causal & (dt <= k) & ((dt == 0) | reaches(e[:, None] % T, e[None, :] % T, reach))
     mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
     return mask, dt.clamp(0, k)
 
@@ -163,8 +174,8 @@ def torch_name(name):
 def check_gradients(path, tolerance):
     """Recompute the loss and every gradient of cvq-train's dump in f64; 0 if all agree."""
     t = read_safetensors(path)
-    layers, width, heads, k, mlp, frames = (int(v) for v in t["spec"])
-    model = Gpt(layers, width, heads, k, mlp).double()
+    layers, width, heads, k, mlp, frames, kv_heads, reach_rows, reach_cols = (int(v) for v in t["spec"])
+    model = Gpt(layers, width, heads, k, mlp, kv_heads).double()
     params = dict(model.named_parameters())
     names = sorted(n[len("param."):] for n in t if n.startswith("param."))
     assert sorted(torch_name(n) for n in names) == sorted(params), "the two models' parameters differ"
@@ -173,7 +184,7 @@ def check_gradients(path, tolerance):
             params[torch_name(n)].copy_(torch.from_numpy(t["param." + n].copy()))
     ids = {key: torch.from_numpy(t["batch." + key].astype(np.int64)) for key in ("prev", "same", "targets")}
     scored = torch.from_numpy(t["batch.mask"].copy())
-    mask, offsets = layout(frames, k, "cpu")
+    mask, offsets = layout(frames, k, "cpu", (reach_rows, reach_cols))
     logits = model(ids["prev"], ids["same"], mask.double(), offsets)
     nll = F.cross_entropy(logits.reshape(-1, VOCAB), ids["targets"].reshape(-1), reduction="none")
     loss = (nll * scored.reshape(-1)).sum() / scored.sum()
@@ -188,7 +199,8 @@ def check_gradients(path, tolerance):
         worst = max(worst, error)
         print(f"{n:28} {scale:14.3e} {error:23.2e}")
     verdict = "agree" if worst <= tolerance else "DISAGREE"
-    print(f"{layers} x {width}, {heads} heads, K={k}, MLP {mlp}, {frames} frames per window: largest relative "
+    print(f"{layers} x {width}, {heads} heads ({kv_heads} key/value), reach {reach_rows},{reach_cols}, K={k}, "
+          f"MLP {mlp}, {frames} frames per window: largest relative "
           f"error {worst:.2e} (tolerance {tolerance:.0e}): gradients {verdict}")
     return 0 if worst <= tolerance else 1
 

@@ -2,12 +2,12 @@
 //! in f64, for an independent implementation to recompute (`train/bench/gradient-check.sh`
 //! feeds the file to `torch_reference.py --gradients`):
 //!
-//!     cargo run --release -p cvq-train --example gradients -- OUT.safetensors [LAYERS WIDTH HEADS K MLP FRAMES]
+//!     cargo run --release -p cvq-train --example gradients -- OUT.safetensors [LAYERS WIDTH HEADS K MLP FRAMES [KV_HEADS REACH_ROWS REACH_COLS]]
 //!
 //! Tensors: `param.NAME` and `grad.NAME` for every parameter (the runtime's names),
 //! `batch.prev`, `batch.same`, `batch.targets` (u32, `[B, N]`), `batch.mask` (`[B, N]`),
 //! `loss` (mean nats over the scored tokens), `spec` (u32: layers, width, heads, K, MLP
-//! width, frames per window). Parameters are spread (`Gpt::spread`) so that attention is far
+//! width, frames per window, key/value heads, reach in rows and in columns). Parameters are spread (`Gpt::spread`) so that attention is far
 //! from uniform. Default: the built-in model's shape, 2 x 128, 4 heads, K = 2, MLP 512, 2
 //! scored frames.
 
@@ -25,13 +25,19 @@ use std::collections::HashMap;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    ensure!(args.len() == 1 || args.len() == 7, "usage: gradients OUT.safetensors [LAYERS WIDTH HEADS K MLP FRAMES]");
-    let n: Vec<usize> = if args.len() == 7 {
+    ensure!(
+        [1, 7, 10].contains(&args.len()),
+        "usage: gradients OUT.safetensors [LAYERS WIDTH HEADS K MLP FRAMES [KV_HEADS REACH_ROWS REACH_COLS]]"
+    );
+    let n: Vec<usize> = if args.len() > 1 {
         args[1..].iter().map(|a| a.parse().with_context(|| format!("{a}: not a number"))).collect::<Result<_>>()?
     } else {
         vec![2, 128, 4, 2, 512, 2]
     };
-    let spec = ModelSpec { layers: n[0], width: n[1], heads: n[2], context_frames: n[3], mlp_width: n[4] };
+    let mut spec = ModelSpec::new(n[0], n[1], n[2], n[3], n[4]);
+    if let [kv_heads, reach_rows, reach_cols] = n[6..] {
+        spec = ModelSpec { kv_heads, reach_rows, reach_cols, ..spec };
+    }
     spec.validate()?;
     let frames = spec.context_frames + n[5];
 
@@ -56,7 +62,17 @@ fn main() -> Result<()> {
     out.insert("batch.targets".into(), batch.targets.clone());
     out.insert("batch.mask".into(), batch.mask.to_dtype(DType::F64)?);
     out.insert("loss".into(), loss.reshape(1)?);
-    let spec_values = [spec.layers, spec.width, spec.heads, spec.context_frames, spec.mlp_width, frames];
+    let spec_values = [
+        spec.layers,
+        spec.width,
+        spec.heads,
+        spec.context_frames,
+        spec.mlp_width,
+        frames,
+        spec.kv_heads,
+        spec.reach_rows,
+        spec.reach_cols,
+    ];
     out.insert("spec".into(), Tensor::new(&spec_values.map(|v| v as u32), &Device::Cpu)?);
     candle_core::safetensors::save(&out, &args[0]).with_context(|| format!("{}: cannot write", args[0]))?;
     eprintln!("{spec:?}, {frames} frames per window: loss {:.6} nats; wrote {}", loss.to_scalar::<f64>()?, args[0]);

@@ -82,6 +82,14 @@ struct Args {
     context_frames: Option<usize>,
     #[arg(long)]
     mlp_width: Option<usize>,
+    /// Key/value heads, dividing --heads (grouped-query attention; 1: multi-query). Default:
+    /// the preset's, or every head its own when --heads is given.
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// How far a query reads into earlier frames: the places within ROWS rows and COLS
+    /// columns of its own (default: the preset's; 7,15 is the whole frame).
+    #[arg(long, value_name = "ROWS,COLS", value_parser = parse_reach)]
+    reach: Option<(usize, usize)>,
     /// Float training steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -181,8 +189,7 @@ struct Recipe {
 }
 
 fn recipe(p: Preset) -> Recipe {
-    let spec =
-        |layers, width, heads, context_frames, mlp_width| ModelSpec { layers, width, heads, context_frames, mlp_width };
+    let spec = ModelSpec::new;
     match p {
         Preset::Tiny => Recipe {
             spec: spec(1, 32, 2, 1, 64),
@@ -220,6 +227,26 @@ fn recipe(p: Preset) -> Recipe {
             weight_decay: 0.1,
         },
     }
+}
+
+/// The preset's spec with the flags given.
+fn spec_of(a: &Args, preset: &ModelSpec) -> ModelSpec {
+    let heads = a.heads.unwrap_or(preset.heads);
+    let kv_heads = a.kv_heads.unwrap_or(if a.heads.is_some() { heads } else { preset.kv_heads });
+    let (reach_rows, reach_cols) = a.reach.unwrap_or((preset.reach_rows, preset.reach_cols));
+    let spec = ModelSpec::new(
+        a.layers.unwrap_or(preset.layers),
+        a.width.unwrap_or(preset.width),
+        heads,
+        a.context_frames.unwrap_or(preset.context_frames),
+        a.mlp_width.unwrap_or(preset.mlp_width),
+    );
+    ModelSpec { kv_heads, reach_rows, reach_cols, ..spec }
+}
+
+fn parse_reach(s: &str) -> Result<(usize, usize), String> {
+    let parsed = s.split_once(',').and_then(|(r, c)| Some((r.trim().parse().ok()?, c.trim().parse().ok()?)));
+    parsed.ok_or_else(|| format!("expected ROWS,COLS (two numbers, as 2,2), not {s:?}"))
 }
 
 /// Set by SIGINT/SIGTERM; the loop ends at the next step with a checkpoint. A second signal
@@ -335,13 +362,7 @@ fn run(a: Args) -> Result<()> {
     check_output(&output, a.force)?;
     let ckpt_dir = checkpoint_dir(&a, &output)?;
     let r = recipe(a.preset);
-    let spec = ModelSpec {
-        layers: a.layers.unwrap_or(r.spec.layers),
-        width: a.width.unwrap_or(r.spec.width),
-        heads: a.heads.unwrap_or(r.spec.heads),
-        context_frames: a.context_frames.unwrap_or(r.spec.context_frames),
-        mlp_width: a.mlp_width.unwrap_or(r.spec.mlp_width),
-    };
+    let spec = spec_of(&a, &r.spec);
     spec.validate()?;
     let device = device(a.cuda)?;
     let dtype = match a.precision {

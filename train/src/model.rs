@@ -94,7 +94,8 @@ pub struct Gpt {
 struct Layout {
     /// 0 where a query may read a key, else -inf, as `[W, T, K+1, T]` (query frame, query
     /// place, block, key place): blocks before the window's start are out, and in block 0
-    /// (the query's own frame) the places after the query's.
+    /// (the query's own frame) the places after the query's, in the others those out of the
+    /// spec's reach.
     mask: Tensor,
 }
 
@@ -125,7 +126,7 @@ impl Gpt {
             let n = |s: &str| format!("layers.{l}.{s}");
             layers.push(Layer {
                 norm1: p.constant(&n("norm1.gain"), &[d], 1.0)?,
-                qkv: p.normal(&n("attn.qkv"), 3 * d, d, 0.02)?,
+                qkv: p.normal(&n("attn.qkv"), spec.qkv_rows(), d, 0.02)?,
                 frame_bias: p.constant(&n("attn.frame_bias"), &[spec.heads, k + 1], 0.0)?,
                 out: p.normal(&n("attn.out"), d, d, resid_std)?,
                 norm2: p.constant(&n("norm2.gain"), &[d], 1.0)?,
@@ -157,7 +158,7 @@ impl Gpt {
         let mut mask = vec![0f32; frames * t * (k + 1) * t];
         for (e, m) in mask.iter_mut().enumerate() {
             let (f, i, o, j) = (e / (t * (k + 1) * t), e / ((k + 1) * t) % t, e / t % (k + 1), e % t);
-            if o > f || (o == 0 && j > i) {
+            if o > f || (o == 0 && j > i) || (o > 0 && !self.spec.reaches(i, j)) {
                 *m = f32::NEG_INFINITY;
             }
         }
@@ -227,11 +228,18 @@ impl Gpt {
         mm(&h, &tok_same.narrow(0, 0, VOCAB)?)?.broadcast_add(&self.head_bias)
     }
 
-    /// Part `i` of `qkv` (`[B, N, 3d]`; 0: queries, 1: keys, 2: values) as `[B, heads, N, head_dim]`.
+    /// Part `i` of `qkv` (`[B, N, d + 2 kv_heads head_dim]`; 0: queries, 1: keys, 2: values)
+    /// as `[B, heads, N, head_dim]`, each key/value head repeated for the query heads of its
+    /// group (the backward of the repeat, a broadcast, sums the group's gradients).
     fn heads(&self, qkv: &Tensor, i: usize) -> Result<Tensor> {
         let (bsz, n, _) = qkv.dims3()?;
-        let (d, heads, hd) = (self.spec.width, self.spec.heads, self.spec.head_dim());
-        qkv.narrow(2, i * d, d)?.reshape((bsz, n, heads, hd))?.transpose(1, 2)?.contiguous()
+        let (d, heads, hd, kvh) = (self.spec.width, self.spec.heads, self.spec.head_dim(), self.spec.kv_heads);
+        let (start, count) = if i == 0 { (0, heads) } else { (d + (i - 1) * kvh * hd, kvh) };
+        let x = qkv.narrow(2, start, count * hd)?.reshape((bsz, n, count, hd))?.transpose(1, 2)?;
+        match count == heads {
+            true => x.contiguous(),
+            false => x.unsqueeze(2)?.broadcast_as((bsz, count, heads / count, n, hd))?.reshape((bsz, heads, n, hd)),
+        }
     }
 
     /// Keys or values `[B, heads, N, head_dim]` as each query frame reads them:
@@ -277,7 +285,7 @@ impl Gpt {
         let (mut mask, mut offsets) = (vec![f32::NEG_INFINITY; n * n], vec![0u32; n * n]);
         for (e, (m, o)) in mask.iter_mut().zip(&mut offsets).enumerate() {
             let (i, j) = (e / n, e % n);
-            if j <= i && i / t - j / t <= k {
+            if j <= i && i / t - j / t <= k && (i / t == j / t || self.spec.reaches(i % t, j % t)) {
                 (*m, *o) = (0.0, (i / t - j / t) as u32);
             }
         }

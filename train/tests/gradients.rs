@@ -15,7 +15,10 @@ use real_data::real_data;
 
 /// Two layers, so that gradients cross a layer boundary; K = 2 so that frame offsets 0, 1, 2
 /// each get a bias.
-const SMALL: ModelSpec = ModelSpec { layers: 2, width: 16, heads: 2, context_frames: 2, mlp_width: 32 };
+const SMALL: ModelSpec = ModelSpec::new(2, 16, 2, 2, 32);
+/// The same with the options that read less: both heads share one key/value head, and a
+/// query reaches 1 row and 2 columns around its place in earlier frames.
+const OPTIONS: ModelSpec = ModelSpec { kv_heads: 1, reach_rows: 1, reach_cols: 2, ..SMALL };
 /// Frames scored per window (each also holds its K context frames).
 const FRAMES: usize = 2;
 
@@ -29,9 +32,9 @@ fn batch(device: &Device) -> Batch {
 
 /// A model of type `dtype` with its parameters spread (`Gpt::spread`) so that attention is far
 /// from uniform and every path carries signal.
-fn model(dtype: DType) -> (VarMap, Gpt) {
+fn model(spec: ModelSpec, dtype: DType) -> (VarMap, Gpt) {
     let vm = VarMap::new();
-    let gpt = Gpt::new(SMALL, &vm, &Device::Cpu, 3, dtype).unwrap();
+    let gpt = Gpt::new(spec, &vm, &Device::Cpu, 3, dtype).unwrap();
     Gpt::spread(&vm, 11).unwrap();
     (vm, gpt)
 }
@@ -72,7 +75,7 @@ fn finite_difference(gpt: &Gpt, b: &Batch, var: &Var, entry: usize, eps: f64) ->
 
 /// Entries to probe in a tensor: for `attn.qkv` rows of the queries, the keys and the values;
 /// for embeddings rows the batch uses; every frame bias; elsewhere spread entries.
-fn samples(name: &str, dims: &[usize], b: &Batch, rng: &mut Rng) -> Vec<usize> {
+fn samples(spec: &ModelSpec, name: &str, dims: &[usize], b: &Batch, rng: &mut Rng) -> Vec<usize> {
     let cols = if dims.len() == 2 { dims[1] } else { 1 };
     let rows = dims[0];
     let ids = |t: &Tensor| -> Vec<u32> { t.flatten_all().unwrap().to_vec1().unwrap() };
@@ -81,8 +84,8 @@ fn samples(name: &str, dims: &[usize], b: &Batch, rng: &mut Rng) -> Vec<usize> {
         "tok_same" => ids(&b.same).iter().step_by(89).take(3).map(|&r| r as usize).chain([1024, 7]).collect(),
         "pos" => vec![0, 17, 127],
         n if n.ends_with("attn.qkv") => {
-            let d = SMALL.width;
-            vec![1, d / 2 + 3, d + 2, d + d / 2 + 5, 2 * d + 4, 3 * d - 1]
+            let (d, kv) = (spec.width, spec.kv_heads * spec.head_dim());
+            vec![1, d / 2 + 3, d + 2, d + kv - 1, d + kv + 4, rows - 1]
         }
         n if n.ends_with("frame_bias") => return (0..rows * cols).collect(),
         _ => (0..4).map(|_| rng.below(rows)).collect(),
@@ -102,7 +105,13 @@ fn agrees(slope: f64, grad: f64) -> bool {
 
 #[test]
 fn every_gradient_matches_central_finite_differences_in_f64() {
-    let (vm, gpt) = model(DType::F64);
+    for spec in [SMALL, OPTIONS] {
+        gradients_match_finite_differences(spec);
+    }
+}
+
+fn gradients_match_finite_differences(spec: ModelSpec) {
+    let (vm, gpt) = model(spec, DType::F64);
     let b = batch(&Device::Cpu);
     let grads = backprop(&vm, &gpt, &b, false);
     let mut rng = Rng::new(5);
@@ -110,7 +119,7 @@ fn every_gradient_matches_central_finite_differences_in_f64() {
     let mut probed = 0;
     for ((name, var), (_, grad)) in Gpt::vars(&vm).into_iter().zip(&grads) {
         let mut largest = 0f64;
-        for entry in samples(&name, var.dims(), &b, &mut rng) {
+        for entry in samples(&spec, &name, var.dims(), &b, &mut rng) {
             let slope = finite_difference(&gpt, &b, &var, entry, 1e-5);
             largest = largest.max(slope.abs());
             probed += 1;
@@ -122,16 +131,23 @@ fn every_gradient_matches_central_finite_differences_in_f64() {
         // missing gradient inside the tolerance.
         assert!(largest > 1e-5, "{name}: every sampled slope is below 1e-5 ({largest:e}); probe other entries");
     }
-    assert!(failures.is_empty(), "{} of {probed} gradient entries disagree:\n{}", failures.len(), failures.join("\n"));
+    let n = failures.len();
+    assert!(failures.is_empty(), "{spec:?}: {n} of {probed} gradient entries disagree:\n{}", failures.join("\n"));
 }
 
 /// The trainer's attention scores each query frame against its K+1 frames' keys only; the
 /// dense form scores the whole window and masks. Same logits and same gradients, up to f64
 /// rounding, on windows longer than K+1 frames (so blocks drop frames) whose first frames
-/// lack context (so the padding is masked).
+/// lack context (so the padding is masked); with and without the options that read less.
 #[test]
 fn frame_block_attention_equals_the_dense_masked_form() {
-    let (vm, mut gpt) = model(DType::F64);
+    for spec in [SMALL, OPTIONS] {
+        frame_blocks_equal_dense(spec);
+    }
+}
+
+fn frame_blocks_equal_dense(spec: ModelSpec) {
+    let (vm, mut gpt) = model(spec, DType::F64);
     let b = batch(&Device::Cpu);
     assert!(b.frames > SMALL.context_frames + 1);
     let run = |gpt: &Gpt| (values(&gpt.forward(&b, false, DType::F64).unwrap()), backprop(&vm, gpt, &b, false));
@@ -145,7 +161,7 @@ fn frame_block_attention_equals_the_dense_masked_form() {
     assert!(worst(&logits, &dense_logits) < 1e-12, "logits differ by {:e}", worst(&logits, &dense_logits));
     for ((name, g), (_, dense)) in grads.iter().zip(&dense_grads) {
         assert!(dense.iter().any(|&v| v != 0.0), "{name}: no gradient to compare");
-        assert!(worst(g, dense) < 1e-10, "{name}: gradients differ by {:e} of their largest", worst(g, dense));
+        assert!(worst(g, dense) < 1e-10, "{spec:?} {name}: gradients differ by {:e} of their largest", worst(g, dense));
     }
 }
 
@@ -153,7 +169,7 @@ fn frame_block_attention_equals_the_dense_masked_form() {
 fn the_check_catches_attention_without_a_gradient() {
     // The trainer's first version: no gradient through the attention scores. The same
     // comparison must then fail on the queries, keys and frame biases, and only there.
-    let (vm, mut gpt) = model(DType::F64);
+    let (vm, mut gpt) = model(SMALL, DType::F64);
     gpt.fixed_attention = true;
     let b = batch(&Device::Cpu);
     let grads = backprop(&vm, &gpt, &b, false);
@@ -206,7 +222,7 @@ fn fake_quantization_passes_the_gradient_of_the_rounded_weights_straight_through
     // With int8 fake quantization the gradient of each matrix is the float model's gradient
     // taken at the rounded weights (straight-through): compare against a float model whose
     // weights are those rounded values.
-    let (vm, gpt) = model(DType::F64);
+    let (vm, gpt) = model(SMALL, DType::F64);
     let b = batch(&Device::Cpu);
     let through = backprop(&vm, &gpt, &b, true);
     let fake_quantized = loss(&gpt, &b, true);

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-const TINY: ModelSpec = ModelSpec { layers: 1, width: 32, heads: 2, context_frames: 1, mlp_width: 64 };
+const TINY: ModelSpec = ModelSpec::new(1, 32, 2, 1, 64);
 const FRAMES: usize = 2;
 
 fn config(steps: usize, qat_steps: usize) -> train::Config {

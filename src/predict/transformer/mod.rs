@@ -158,7 +158,7 @@ impl Transformer {
     }
 
     pub fn session(&self, capacity: usize) -> Session {
-        let (win, hd, h) = (self.spec.window(), self.spec.head_dim(), self.spec.heads);
+        let (win, hd, h) = (self.spec.window(), self.spec.head_dim(), self.spec.kv_heads);
         let cache = |dims| Cache { q: vec![0; h * win * dims], shift: vec![0; h * win] };
         Session {
             tokens: Vec::with_capacity(capacity),
@@ -209,10 +209,11 @@ impl Transformer {
         let mut scratch = Scratch::new(b, d);
         for (l, layer) in self.layers.iter().enumerate() {
             scratch.norm_quantize(&x, &layer.norm1, d);
-            let mut qkv = vec![0i32; b * 3 * d];
+            let rows = self.spec.qkv_rows();
+            let mut qkv = vec![0i32; b * rows];
             layer.qkv.apply(&scratch.q, &scratch.shifts, &mut qkv);
             let mut attn = vec![0i32; b * d];
-            let rows = qkv.chunks_exact(3 * d).zip(attn.chunks_exact_mut(d)).zip(&windows);
+            let rows = qkv.chunks_exact(rows).zip(attn.chunks_exact_mut(d)).zip(&windows);
             for (s, ((row, out), window)) in sessions.iter_mut().zip(rows) {
                 self.attend(layer, l, s, row, window, out);
             }
@@ -242,28 +243,42 @@ impl Transformer {
         x.iter_mut().zip(&y).for_each(|(a, &b)| *a = a.saturating_add(b));
     }
 
-    /// The window seen by a session's next element, as runs of ring slots, one per frame,
-    /// oldest first: the previous `context_frames` frames whole and the current frame up to
-    /// and including the element itself (the last slot of the last run).
+    /// The window seen by a session's next element, as runs of ring slots, oldest frame first:
+    /// in each of the previous `context_frames` frames the places the element reaches (whole
+    /// frames at full reach; else a run per row), and the current frame up to and including
+    /// the element itself (the last slot of the last run).
     fn window(&self, p: usize) -> Vec<Run> {
-        let k_frames = self.spec.context_frames;
+        let spec = &self.spec;
+        let k_frames = spec.context_frames;
         let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
-        (t.saturating_sub(k_frames)..=t)
-            .map(|f| Run {
-                start: (f % (k_frames + 1)) * TOKENS_PER_FRAME,
-                len: if f == t { pos + 1 } else { TOKENS_PER_FRAME },
-                dt: t - f,
-            })
-            .collect()
+        let (row, col) = (pos / 16, pos % 16);
+        let rows = row.saturating_sub(spec.reach_rows)..=(row + spec.reach_rows).min(7);
+        let cols = col.saturating_sub(spec.reach_cols)..=(col + spec.reach_cols).min(15);
+        let mut runs: Vec<Run> = vec![];
+        for f in t.saturating_sub(k_frames)..t {
+            let base = (f % (k_frames + 1)) * TOKENS_PER_FRAME;
+            for r in rows.clone() {
+                let (start, len) = (base + r * 16 + cols.start(), cols.end() - cols.start() + 1);
+                match runs.last_mut() {
+                    // Whole rows follow each other in the ring: one run.
+                    Some(last) if last.start + last.len == start && last.dt == t - f => last.len += len,
+                    _ => runs.push(Run { start, len, dt: t - f }),
+                }
+            }
+        }
+        runs.push(Run { start: (t % (k_frames + 1)) * TOKENS_PER_FRAME, len: pos + 1, dt: 0 });
+        runs
     }
 
     /// Multi-head attention of one session's new element (its `q, k, v` in `qkv`, Q12) over
     /// its window; writes the Q12 result to `out`. Every step below is a sum, a maximum or
-    /// per slot, so the order the runs come in does not change a single integer.
+    /// per slot, so the order the runs come in does not change a single integer. The query
+    /// heads of a group read their key/value head's cache one after another.
     #[inline(always)]
     fn attend(&self, layer: &Layer, l: usize, s: &mut Session, qkv: &[i32], window: &[Run], out: &mut [i32]) {
         let spec = &self.spec;
-        let (d, hd, heads, win) = (spec.width, spec.head_dim(), spec.heads, spec.window());
+        let (d, hd, win, kvh) = (spec.width, spec.head_dim(), spec.window(), spec.kv_heads);
+        let group = spec.heads / kvh;
         let last = window.last().expect("the window holds the element itself");
         let here = last.start + last.len - 1;
         let (keys, values) = (&mut s.keys[l], &mut s.values[l]);
@@ -274,47 +289,64 @@ impl Transformer {
         let (mut logits, mut probs, mut bias) = (vec![0i32; n], vec![0i32; n], vec![0i32; n]);
         let (mut key_shift, mut value_shift) = (vec![0i32; n], vec![0i32; n]);
         let mut weights = vec![0u64; n];
-        let mut acc = vec![0i32; hd];
-        for h in 0..heads {
-            let span = h * hd..(h + 1) * hd;
-            let (kq, vq) = (&mut keys.q[h * win * hk..][..win * hk], &mut values.q[h * win * hd..][..win * hd]);
-            let (ks, vs) = (&mut keys.shift[h * win..][..win], &mut values.shift[h * win..][..win]);
-            ks[here] = quantize(&qkv[d + span.start..d + span.end], &mut key[..hd]);
-            vs[here] = quantize(&qkv[2 * d + span.start..2 * d + span.end], &mut value);
-            let sq = quantize(&qkv[span.clone()], &mut q[..hd]);
-            let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
+        let (mut acc, mut padded) = (vec![0i32; hd], vec![]);
+        for g in 0..kvh {
+            let (kq, vq) = (&mut keys.q[g * win * hk..][..win * hk], &mut values.q[g * win * hd..][..win * hd]);
+            let (ks, vs) = (&mut keys.shift[g * win..][..win], &mut values.shift[g * win..][..win]);
+            ks[here] = quantize(&qkv[d + g * hd..][..hd], &mut key[..hd]);
+            vs[here] = quantize(&qkv[d + (kvh + g) * hd..][..hd], &mut value);
             let mut at = 0;
             for r in window {
                 let (slots, dst) = (r.start..r.start + r.len, at..at + r.len);
-                kernels::scores(&q, kq, r.start, &mut logits[dst.clone()]);
                 key_shift[dst.clone()].copy_from_slice(&ks[slots.clone()]);
-                value_shift[dst.clone()].copy_from_slice(&vs[slots]);
-                bias[dst].fill(frame_bias[r.dt]);
+                value_shift[dst].copy_from_slice(&vs[slots]);
                 at += r.len;
             }
-            // The element's own slot (the last) is scored from its key directly, and its key
-            // stored only now: the kernel above has just read the block into the cache, so the
-            // scattered stores no longer each wait for a line from memory.
-            logits[n - 1] = q.iter().zip(&key).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            for h in g * group..(g + 1) * group {
+                let span = h * hd..(h + 1) * hd;
+                let sq = quantize(&qkv[span.clone()], &mut q[..hd]);
+                let frame_bias = &layer.frame_bias[h * (spec.context_frames + 1)..];
+                let mut at = 0;
+                for r in window {
+                    let dst = at..at + r.len;
+                    kernels::scores(&q, kq, r.start, &mut logits[dst.clone()]);
+                    bias[dst].fill(frame_bias[r.dt]);
+                    at += r.len;
+                }
+                // The element's own slot (the last) is scored from its key directly; its key
+                // is stored only after the group's heads: the kernel above has just read the
+                // block into the cache, so the scattered stores no longer each wait for a
+                // line from memory.
+                logits[n - 1] = q.iter().zip(&key).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                kernels::softmax_weights(&mut logits, 16 - sq, &key_shift, &bias, &self.tables, &mut weights);
+                // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this
+                // fits), scaled down to the largest value shift among the slots with weight.
+                let inv = (1u64 << 51) / weights.iter().sum::<u64>();
+                let vmax = kernels::live_max(&weights, &value_shift);
+                kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
+                // Likewise the element's own value: weighted directly, stored later.
+                let own = std::mem::take(&mut probs[n - 1]);
+                acc.iter_mut().zip(&value).for_each(|(a, &v)| *a = own.wrapping_mul(i32::from(v)));
+                let mut at = 0;
+                for r in window {
+                    let p = &probs[at..at + r.len];
+                    if r.start.is_multiple_of(2) {
+                        kernels::weighted_sum(p, vq, r.start, &mut acc);
+                    } else {
+                        // Values are stored by pairs of slots: start a slot early, at weight 0.
+                        padded.clear();
+                        padded.push(0);
+                        padded.extend_from_slice(p);
+                        kernels::weighted_sum(&padded, vq, r.start - 1, &mut acc);
+                    }
+                    at += r.len;
+                }
+                for (o, &a) in out[span].iter_mut().zip(&acc) {
+                    *o = shift_round(i64::from(a), 19 - vmax);
+                }
+            }
             kernels::put_key(kq, here, &key);
-            kernels::softmax_weights(&mut logits, 16 - sq, &key_shift, &bias, &self.tables, &mut weights);
-            // Probabilities in Q19 by multiplying with 2^51 / sum (sum >= 2^30, so this fits),
-            // scaled down to the largest value shift among the slots with weight.
-            let inv = (1u64 << 51) / weights.iter().sum::<u64>();
-            let vmax = kernels::live_max(&weights, &value_shift);
-            kernels::probabilities(&weights, &value_shift, vmax, inv, &mut probs);
-            // Likewise the element's own value: weighted directly, stored after the kernel.
-            let own = std::mem::take(&mut probs[n - 1]);
-            acc.iter_mut().zip(&value).for_each(|(a, &v)| *a = own.wrapping_mul(i32::from(v)));
-            let mut at = 0;
-            for r in window {
-                kernels::weighted_sum(&probs[at..at + r.len], vq, r.start, &mut acc);
-                at += r.len;
-            }
             kernels::put_value(vq, here, &value);
-            for (o, &a) in out[span].iter_mut().zip(&acc) {
-                *o = shift_round(i64::from(a), 19 - vmax);
-            }
         }
     }
 
@@ -403,7 +435,7 @@ mod tests {
             return eprintln!("skipped: this CPU lacks x86-64-v3 (scripts/cross-check.sh runs the portable path)");
         }
         // Odd head dims, a window that wraps, two sessions at different positions.
-        let spec = ModelSpec { layers: 2, width: 80, heads: 16, context_frames: 1, mlp_width: 160 };
+        let spec = ModelSpec { kv_heads: 4, reach_rows: 1, reach_cols: 2, ..ModelSpec::new(2, 80, 16, 1, 160) };
         let t = Transformer::new(&Weights::random(spec, 7).unwrap());
         let (mut a, mut b) = ([t.session(0), t.session(0)], [t.session(0), t.session(0)]);
         a[1].tokens.push(5);
