@@ -32,7 +32,7 @@ fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
     let (d, m) = (spec.width, spec.mlp_width);
     let mut shapes = vec![(1024, d)];
     for _ in 0..spec.layers {
-        shapes.extend([(3 * d, d), (d, d), (m, d), (d, m)]);
+        shapes.extend([(spec.qkv_rows(), d), (d, d), (m, d), (d, m)]);
     }
     let mats: Vec<(Vec<i16>, kernels::Packed)> = shapes
         .iter()
@@ -43,7 +43,7 @@ fn matrix_rate(spec: &ModelSpec, batch: usize) -> f64 {
         })
         .collect();
     let macs_per_step: usize = shapes.iter().map(|(r, c)| batch * r * c).sum();
-    let mut out = vec![0i32; batch * 3 * m.max(1024)];
+    let mut out = vec![0i32; batch * shapes.iter().map(|s| s.0).max().unwrap()];
     let steps = (2_000_000_000 / macs_per_step).max(1);
     let t = Instant::now();
     for _ in 0..steps {
@@ -112,24 +112,28 @@ fn main() {
         "ceiling of peak"
     );
     // 6 x 256, K=4 is cvq-train's challenge preset; 10 x 384, K=8 a model of ~20M parameters.
-    for (layers, width, k) in [
-        (2, 128, 2),
-        (2, 128, 3),
-        (2, 128, 4),
-        (2, 256, 2),
-        (4, 128, 2),
-        (4, 256, 2),
-        (4, 256, 3),
-        (4, 256, 4),
-        (6, 256, 4),
-        (8, 512, 8),
-        (10, 384, 8),
-    ] {
-        let name = format!("{layers} x {width}, K={k}");
+    // Then the default and challenge shapes with the options that read less: kv = key/value
+    // heads of the `width / 32` query heads, reach = rows, columns (full: 7,15).
+    let full = (7, 15);
+    let shapes = [(2, 128, 2), (2, 128, 3), (2, 128, 4), (2, 256, 2), (4, 128, 2), (4, 256, 2), (4, 256, 3)];
+    let shapes = shapes.into_iter().chain([(4, 256, 4), (6, 256, 4), (8, 512, 8), (10, 384, 8)]).map(|s| (s, 0, full));
+    let options = [(1, full), (0, (2, 2)), (0, (1, 15)), (1, (2, 2)), (1, (1, 1))];
+    let options = options.into_iter().flat_map(|o| [((2, 128, 2), o.0, o.1), ((6, 256, 4), o.0, o.1)]);
+    let options = options.chain([((6, 256, 4), 2, full), ((6, 256, 4), 2, (2, 2))]);
+    for ((layers, width, k), kv, (reach_rows, reach_cols)) in shapes.chain(options) {
+        let spec = ModelSpec::new(layers, width, width / 32, k, 4 * width);
+        let kv_heads = if kv == 0 { spec.heads } else { kv };
+        let spec = ModelSpec { kv_heads, reach_rows, reach_cols, ..spec };
+        let mut name = format!("{layers} x {width}, K={k}");
+        if kv > 0 {
+            name += &format!(" kv{kv}");
+        }
+        if (reach_rows, reach_cols) != full {
+            name += &format!(" r{reach_rows},{reach_cols}");
+        }
         if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
             continue;
         }
-        let spec = ModelSpec::new(layers, width, width / 32, k, 4 * width);
         let model = Model::Neural(Arc::new(Transformer::new(&Weights::random(spec, 1).unwrap())), Learning::Frozen);
         // Frames past the K-frame window cost the same as any later frame: time those.
         let frames = k + 2;
@@ -145,13 +149,15 @@ fn main() {
         assert!(out.into_iter().zip(&toks).all(|(o, t)| o.unwrap() == *t));
         let n = (batch * frames * 128) as f64;
         // Attention: a score and a weighted value per head dimension for each slot of each
-        // element's window (K previous frames and the current frame up to the element).
-        let window: usize = (0..frames * 128).map(|p| (p / 128).min(k) * 128 + p % 128 + 1).sum();
+        // element's window (the places within reach in the K previous frames and the current
+        // frame up to the element).
+        let reached = |pos: usize| (0..128).filter(|&j| spec.reaches(pos, j)).count();
+        let window: usize = (0..frames * 128).map(|p| (p / 128).min(k) * reached(p % 128) + p % 128 + 1).sum();
         let macs = spec.linear_macs() as f64 + 2.0 * (window * layers * width) as f64 / (frames * 128) as f64;
         let rate = n / secs;
         let matrices = matrix_rate(&spec, batch);
         // Cached bytes each token's attention reads: its window's slots, each slot's keys,
-        // values and their shifts in every layer.
+        // values and their shifts in every layer (of the key/value heads).
         let cache_bytes = window as f64 / (frames * 128) as f64 * (spec.kv_cache_bytes() / spec.window()) as f64;
         let read = read_rate(batch * spec.kv_cache_bytes());
         let ceiling = 1.0 / (cache_bytes / read + spec.linear_macs() as f64 / matrices);

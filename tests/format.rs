@@ -37,7 +37,10 @@ fn the_container_numbers_are_the_code_s() {
     assert!(text.contains(&format!("| version | 1 byte | `{VERSION}` |")));
     assert!(text.contains(&format!("varint length (1-{MAX_NAME})")));
     assert!(text.contains(&format!("a total of `T = 2^{TOTAL_BITS}`")));
-    assert!(text.contains(&format!("the string `{}`", spec::FORMAT)));
+    let formats = format!("the string `format` of the metadata, `{}` or `{}`", spec::FORMAT, spec::FORMAT_2);
+    assert!(text.contains(&formats));
+    let full = spec::FULL_REACH;
+    assert!(text.contains(&format!("| `reach_rows`, `reach_cols` (second format) | 0..={}, 0..={} |", full.0, full.1)));
 }
 
 #[test]

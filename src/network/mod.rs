@@ -31,6 +31,7 @@ macro_rules! weights_file {
 const EARLIER_WEIGHTS: &[(&str, &[u8])] = &[
     ("e31c4e8e8d0eb6cfd2a052fef2f1a96866bd28379218255ec34b28359a981aed", weights_file!("cvq-0.2")), // 0.1, 0.2
     ("8b5dbf4780c7c83f10f0fa4388bfb64e0985a2b66c1342f5592c783319482206", weights_file!("cvq-0.4")), // 0.3, 0.4
+    ("cd27668013563bab8232e9312610c2272d66d3e18f1031ccceae86fd690cba8a", weights_file!("cvq-0.5")), // 0.5
 ];
 #[cfg(not(feature = "default-weights"))]
 const EARLIER_WEIGHTS: &[(&str, &[u8])] = &[];

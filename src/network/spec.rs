@@ -258,6 +258,6 @@ impl ModelSpec {
     /// Multiply-accumulates of the linear layers per token (attention excluded).
     pub fn linear_macs(&self) -> usize {
         let (d, m) = (self.width, self.mlp_width);
-        self.layers * (2 * d * d + d * self.qkv_rows() + 2 * d * m) + VOCAB * d
+        self.layers * (d * d + d * self.qkv_rows() + 2 * d * m) + VOCAB * d
     }
 }
