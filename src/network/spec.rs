@@ -24,6 +24,7 @@
 
 use anyhow::{ensure, Context, Result};
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
 use crate::data::{TOKENS_PER_FRAME, VOCAB};
 
@@ -36,7 +37,8 @@ pub const INPUT_VOCAB: usize = VOCAB + 1;
 /// exactly when it uses neither option, so every earlier file and id stays as it was.
 pub const FORMAT: &str = "cvq-gpt-int8-1";
 pub const FORMAT_2: &str = "cvq-gpt-int8-2";
-/// The reach that covers a whole frame (8 rows of 16 places): full attention.
+/// The reach that covers a whole frame (8 rows of 16 places): full attention; also the last
+/// row and column.
 pub const FULL_REACH: (usize, usize) = (7, 15);
 /// The integer engine's limits (FORMAT.md section 3.2.1 derives them; the engine asserts the
 /// arithmetic ones at compile time). Largest attention head: a score sums `head_dim` products
@@ -100,10 +102,19 @@ impl ModelSpec {
         }
     }
 
+    /// The rows and the columns of an earlier frame that a query at frame position `pos`
+    /// (row `pos / 16`, column `pos % 16`) reads: the one definition of the reach.
+    pub fn reach_of(&self, pos: usize) -> (RangeInclusive<usize>, RangeInclusive<usize>) {
+        let (row, col) = (pos / 16, pos % 16);
+        let (last_row, last_col) = FULL_REACH;
+        let rows = row.saturating_sub(self.reach_rows)..=(row + self.reach_rows).min(last_row);
+        (rows, col.saturating_sub(self.reach_cols)..=(col + self.reach_cols).min(last_col))
+    }
+
     /// Whether a query at frame position `query` reads position `key` of an earlier frame.
     pub fn reaches(&self, query: usize, key: usize) -> bool {
-        let (qr, qc, kr, kc) = (query / 16, query % 16, key / 16, key % 16);
-        qr.abs_diff(kr) <= self.reach_rows && qc.abs_diff(kc) <= self.reach_cols
+        let (rows, cols) = self.reach_of(query);
+        rows.contains(&(key / 16)) && cols.contains(&(key % 16))
     }
 
     pub fn head_dim(&self) -> usize {

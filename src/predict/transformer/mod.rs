@@ -251,9 +251,7 @@ impl Transformer {
         let spec = &self.spec;
         let k_frames = spec.context_frames;
         let (t, pos) = (p / TOKENS_PER_FRAME, p % TOKENS_PER_FRAME);
-        let (row, col) = (pos / 16, pos % 16);
-        let rows = row.saturating_sub(spec.reach_rows)..=(row + spec.reach_rows).min(7);
-        let cols = col.saturating_sub(spec.reach_cols)..=(col + spec.reach_cols).min(15);
+        let (rows, cols) = spec.reach_of(pos);
         let mut runs: Vec<Run> = vec![];
         for f in t.saturating_sub(k_frames)..t {
             let base = (f % (k_frames + 1)) * TOKENS_PER_FRAME;
