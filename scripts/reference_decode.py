@@ -750,9 +750,12 @@ class NetworkState:
     """§3.2.4: one segment's pass through the network, element by element, keeping every
     element's quantized keys and values (per layer and head) for the elements after it."""
 
-    def __init__(self, net, n_tokens):
+    def __init__(self, net, n_tokens, learn_inputs=False):
         self.net = net
         s = net.spec
+        # §3.4: the segment's change of the input embeddings (Q24), rows tok_prev 0..1024,
+        # tok_same 1025..2049, pos 2050..2177, when they learn.
+        self.changes = [[0] * s["width"] for _ in range(2 * 1025 + 128)] if learn_inputs else None
         self.d, self.heads, self.kv_heads, self.K = s["width"], s["heads"], s["kv_heads"], s["context_frames"]
         self.hd = self.d // self.heads
         self.reach = (s["reach_rows"], s["reach_cols"])
@@ -762,14 +765,24 @@ class NetworkState:
         self.kshift = np.zeros(shape, dtype=np.int64)
         self.vshift = np.zeros(shape, dtype=np.int64)
 
+    def input_rows(self, p, tokens):
+        """§3.4: the rows of the input change that element p reads."""
+        prev = tokens[p - 1] if p > 0 else 1024
+        same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
+        return prev, 1025 + same, 2050 + p % TOKENS_PER_FRAME
+
     def step(self, p, tokens):
-        """Element p: returns the Q12 logits and the last hidden row (H, sigma)."""
+        """Element p: returns the Q12 logits, the last hidden row (H, sigma) and the last
+        residual row x."""
         net, d, hd = self.net, self.d, self.hd
         t, k = divmod(p, TOKENS_PER_FRAME)
         prev = tokens[p - 1] if p > 0 else 1024
         same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
         # 1. Input: saturating adds, left to right.
         x = sat32(sat32(net.tok_prev[prev] + net.tok_same[same]) + net.pos[k])
+        if self.changes is not None:  # §3.4: plus what the rows have learnt
+            rows = [self.changes[r] for r in self.input_rows(p, tokens)]
+            x = sat32(x + shift_round(np.array([sum(c) for c in zip(*rows)], dtype=np.int64), 12))
         # The window: of the elements lo..p, those of the current frame and, in the earlier
         # frames, those within reach of position k.
         lo = max(0, t - self.K) * TOKENS_PER_FRAME
@@ -813,7 +826,22 @@ class NetworkState:
         # 3. Output.
         H, sigma = quantize(rms_norm(x, net.norm_out))
         logits = sat32(linear(net.head, H, sigma) + net.head_bias)
-        return logits, H, sigma
+        return logits, H, sigma, x
+
+    def learn_inputs(self, p, tokens, rows, g, x, rate):
+        """§3.4: the input embeddings' step after element p, from the nonzero gradients g
+        of the tokens `rows` and the element's last residual row x. Python integers: exact."""
+        net, d = self.net, self.d
+        dh = sat32(g @ net.tok_same[rows]).tolist()  # |g| <= 64: exact in int64
+        X, G = x.tolist(), net.norm_out.tolist()
+        r = math.isqrt(sum(v * v for v in X) // d + 256)
+        A = [gi * hi for gi, hi in zip(G, dh)]
+        T = sum(xi * ai for xi, ai in zip(X, A))
+        c = min(max((T << 16) // (d * r * r), -(1 << 63)), (1 << 63) - 1)
+        step = [((a - (xi * c) // (1 << 16)) << 6) // (r << rate) for xi, a in zip(X, A)]
+        for row in self.input_rows(p, tokens):
+            m = self.changes[row]
+            self.changes[row] = [min(max(mi - (mi >> 5) - si, I32_MIN), I32_MAX) for mi, si in zip(m, step)]
 
 
 def frequency_table(logits):
@@ -853,20 +881,20 @@ class Adapter:
     """§3.4: the segment's changes to the output matrix (M in Q30, its view V in Q14) and
     bias (B in Q24), all starting at zero; rates rm (matrix) and rb (bias, or None)."""
 
-    def __init__(self, width, rm, rb):
+    def __init__(self, width, rm, rb, ri=None):
         if width > 512:
             raise FormatError("the adaptive predictors take networks up to width 512")
-        self.rm, self.rb = rm, rb
+        self.rm, self.rb, self.ri = rm, rb, ri
         self.M = np.zeros((VOCAB, width), dtype=np.int64)
         self.V = np.zeros((VOCAB, width), dtype=np.int64)
         self.B = np.zeros(VOCAB, dtype=np.int64)
 
-    def adjust(self, logits, H, sigma):
-        self.H, self.sigma = H, sigma
+    def adjust(self, logits, H, sigma, x):
+        self.H, self.sigma, self.x = H, sigma, x
         logits = sat32(logits + shift_round(self.V @ H, 14 - sigma))
         return sat32(logits + shift_round(self.B, 12))
 
-    def learn(self, freq, y):
+    def learn(self, freq, y, state, p, tokens):
         target = np.zeros(VOCAB, dtype=np.int64)
         target[y] = TOTAL
         g = shift_round(freq - target, 18)
@@ -874,6 +902,8 @@ class Adapter:
         if len(rows) == 0:
             return
         g = g[rows]
+        if self.ri is not None:
+            state.learn_inputs(p, tokens, rows, g, self.x, self.ri)
         if self.rb is not None:
             self.B[rows] = sat32(self.B[rows] - shift_round(g << 18, self.rb))
         s = self.rm - 12 - self.sigma
@@ -894,18 +924,19 @@ class NeuralTables:
     """§3.2 (and §3.4): the network's table for each token, adapted when rates are given."""
 
     def __init__(self, net, n_tokens, rates=None):
-        self.state = NetworkState(net, n_tokens)
+        self.state = NetworkState(net, n_tokens, learn_inputs=bool(rates) and rates[2] is not None)
         self.adapter = Adapter(net.spec["width"], *rates) if rates else None
 
     def table(self, p, tokens):
-        logits, H, sigma = self.state.step(p, tokens)
+        logits, H, sigma, x = self.state.step(p, tokens)
         if self.adapter:
-            logits = self.adapter.adjust(logits, H, sigma)
+            logits = self.adapter.adjust(logits, H, sigma, x)
         return Table(frequency_table(logits))
 
-    def learn(self, table, token):
+    def learn(self, table, token, p, tokens):
+        """After token p was coded (`tokens` holds the tokens before it)."""
         if self.adapter:
-            self.adapter.learn(table.freq, token)
+            self.adapter.learn(table.freq, token, self.state, p, tokens)
 
 
 def split_p(table, d, n):
@@ -929,7 +960,7 @@ def decode_segment(model, payload, n_tokens, limit):
             table = nt.table(i, tokens)
             token, start, freq = table.find(rc.target())
             rc.consume(start, freq)
-            nt.learn(table, token)
+            nt.learn(table, token, i, tokens)
         else:  # §3.1, §3.3: the tree, with the network's table as the prior
             cm.begin(i, tokens)
             if nt is None:
@@ -939,7 +970,7 @@ def decode_segment(model, payload, n_tokens, limit):
                 node_p = lambda d, n: cm.node_p(d, n, STRETCH[split_p(table, d, n)])
             token = decode_tree_token(rc, node_p, cm.learn)
             if nt is not None:
-                nt.learn(table, token)
+                nt.learn(table, token, i, tokens)
         tokens.append(token)
     return tokens, rc
 
@@ -949,7 +980,9 @@ def decode_segment(model, payload, n_tokens, limit):
 # ---------------------------------------------------------------------------------------------
 
 CM_TABLES, MIXED_TABLES = (22, True), (18, True)
-NEURAL_ADAPTIVE_RATES, MIXED_ADAPTIVE_RATES = (9, 6), (11, None)
+# (rm, rb, ri): the output matrix's, the output bias's and the input embeddings' rates.
+NEURAL_OUTPUT_RATES, MIXED_OUTPUT_RATES = (9, 6, None), (11, None, None)
+NEURAL_ADAPTIVE_RATES, MIXED_ADAPTIVE_RATES = (9, 6, 6), (11, None, 6)
 
 # §4.1: id string -> (kind, context mixer's tables (largest B, two slots per bucket), rates).
 CONTEXT_MIX_IDS = {
@@ -960,9 +993,11 @@ NETWORK_IDS = {
     "cvq mixed 4": ("mixed", MIXED_TABLES, None),
     "cvq mixed 3": ("mixed", (19, True), None),
     "cvq mixed 2": ("mixed", (21, False), None),
-    "cvq neural-adaptive 1": ("neural", None, NEURAL_ADAPTIVE_RATES),
-    "cvq mixed-adaptive 2": ("mixed", MIXED_TABLES, MIXED_ADAPTIVE_RATES),
-    "cvq mixed-adaptive 1": ("mixed", (19, True), MIXED_ADAPTIVE_RATES),
+    "cvq neural-adaptive 2": ("neural", None, NEURAL_ADAPTIVE_RATES),
+    "cvq mixed-adaptive 3": ("mixed", MIXED_TABLES, MIXED_ADAPTIVE_RATES),
+    "cvq neural-adaptive 1": ("neural", None, NEURAL_OUTPUT_RATES),
+    "cvq mixed-adaptive 2": ("mixed", MIXED_TABLES, MIXED_OUTPUT_RATES),
+    "cvq mixed-adaptive 1": ("mixed", (19, True), MIXED_OUTPUT_RATES),
 }
 
 

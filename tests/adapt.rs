@@ -1,6 +1,7 @@
-//! Online adaptation (`neural-adaptive`, `mixed-adaptive`): the network's output layer learns
-//! while it codes, with the same integer updates on both sides. Lossless, independent of batch
-//! and threads, pinned by golden hashes, and actually learning.
+//! Online adaptation (`neural-adaptive`, `mixed-adaptive`): the network's output layer and input
+//! embeddings learn while it codes (cvq 0.3 to 0.6: the output layer alone), with the same
+//! integer updates on both sides. Lossless, independent of batch and threads, pinned by golden
+//! hashes, and actually learning.
 
 mod common;
 
@@ -19,8 +20,13 @@ fn weights(seed: u64) -> Arc<Transformer> {
     Arc::new(Transformer::new(&Weights::random(SMALL, seed).unwrap()))
 }
 
-fn adaptive(t: &Arc<Transformer>) -> [Model; 2] {
-    [Model::Neural(Arc::clone(t), Learning::Online), Model::Mixed(Arc::clone(t), Learning::Online)]
+/// The adaptive predictors: this release's, then those it only reads.
+fn adaptive(t: &Arc<Transformer>) -> [Model; 4] {
+    [Learning::Network, Learning::Output]
+        .map(|l| [Model::Neural(Arc::clone(t), l), Model::Mixed(Arc::clone(t), l)])
+        .concat()
+        .try_into()
+        .unwrap()
 }
 
 #[test]
@@ -37,23 +43,31 @@ fn adaptive_archives_round_trip_and_match_golden_hashes() {
     }
 }
 
-/// `neural-adaptive`: set by cvq 0.3's first adaptation rule. `mixed-adaptive`: changed by
-/// cvq 0.4's 2^18-counter context-mixer tables (issue 12: half the memory), which change the
-/// payload of segments over 2^14 tokens and the id (`cvq mixed-adaptive 2`).
-const GOLDEN: [&str; 2] = [
+/// `neural-adaptive` and `mixed-adaptive` (`cvq neural-adaptive 2`, `cvq mixed-adaptive 3`):
+/// set by cvq 0.7's input embeddings that learn (issue 29). Then the output layer alone: `cvq
+/// neural-adaptive 1`, set by cvq 0.3's first adaptation rule; `cvq mixed-adaptive 2`, by cvq
+/// 0.4's 2^18-counter context-mixer tables (issue 12: half the memory), which changed the
+/// payload of segments over 2^14 tokens.
+const GOLDEN: [&str; 4] = [
+    "67dbc86b7a779c8a425a585b280aebb5ef8698ad2ca01d758f90d480ccbce7fa",
+    "b523d82b298283bfdf3ed9dde04ddfb420178fc75b93581897b8c0a68f440a97",
     "7c437cdc47a18539a4c3b768fcadd14a76adff9afb17e412ae2a52f60c6995f3",
     "9eb6a497c0320be5d84235f552a4ce9800479617b6777b14d3fb7d3962819d36",
 ];
 
 #[test]
-fn the_output_layer_learns_from_the_segment() {
-    // A random network knows nothing of the clip; what it learns while coding must show.
+fn the_network_learns_from_the_segment() {
+    // A random network knows nothing of the clip; what it learns while coding must show, and
+    // the input embeddings must add to what the output layer learns.
     let toks = &clip().tokens[..100 * 128];
     let t = weights(7);
-    let bits = |m: &Model| ideal_bits(toks, m.batch(&[toks.len()]).get(0)) / toks.len() as f64;
-    let frozen = bits(&Model::Neural(Arc::clone(&t), Learning::Frozen));
-    let online = bits(&Model::Neural(Arc::clone(&t), Learning::Online));
-    assert!(online < frozen * 0.97, "adaptive {online:.4} vs frozen {frozen:.4} bits/token");
+    let bits = |l| {
+        let m = Model::Neural(Arc::clone(&t), l);
+        ideal_bits(toks, m.batch(&[toks.len()]).get(0)) / toks.len() as f64
+    };
+    let [frozen, output, network] = [Learning::Frozen, Learning::Output, Learning::Network].map(bits);
+    assert!(output < frozen * 0.97, "output layer {output:.4} vs frozen {frozen:.4} bits/token");
+    assert!(network < output * 0.99, "whole network {network:.4} vs output layer {output:.4} bits/token");
 }
 
 #[test]
@@ -84,7 +98,7 @@ fn every_predictor_has_its_own_id_and_wide_networks_do_not_adapt() {
     assert_eq!(ids.len(), 5);
     // Earlier releases' predictors, which this one reads, have ids of their own too.
     let ids: Vec<_> = Model::readable(Some(&t)).iter().map(Model::id).collect();
-    assert_eq!(ids.len(), 9);
+    assert_eq!(ids.len(), 11);
     assert!(ids.iter().enumerate().all(|(i, a)| ids[..i].iter().all(|b| a != b)));
     // The view's dot product sums in i32 only up to width 512 (FORMAT.md section 3.4).
     let wide = ModelSpec::new(1, 528, 2, 1, 16);

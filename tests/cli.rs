@@ -560,7 +560,7 @@ fn shipped_data() -> std::path::PathBuf {
 
 #[test]
 fn every_archive_of_an_earlier_release_decodes_out_of_the_box() {
-    // tests/data/README.md: the clip's first three frames, written by cvq 0.1.0 to 0.5.0
+    // tests/data/README.md: the clip's first three frames, written by cvq 0.1.0 to 0.6.0
     // with built-in weights. Ids are never retired (FORMAT.md, section 4.1).
     let clip = cvq::data::read_segment_file(&shipped_data().join("clip.npy")).unwrap();
     let name = "3b41c0fa8959aea6c118e5714f412a2e_13";

@@ -197,7 +197,7 @@ enum Command {
         weights: WeightsOpt,
         /// A predictor whose bits per frame are drawn; give it again for more on one chart.
         /// The first also draws the heat map and the map by place in the frame.
-        #[arg(long = "predictor", value_enum, default_values_t = [Predictor::Mixed])]
+        #[arg(long = "predictor", value_enum, default_values_t = [Predictor::MixedAdaptive])]
         predictors: Vec<Predictor>,
         /// Replace an existing output file.
         #[arg(long)]
@@ -274,9 +274,10 @@ struct ModelOpts {
     #[command(flatten)]
     weights: WeightsOpt,
     /// The predictor: the network mixed into the context mixer, the network alone, or the
-    /// context mixer alone (needs no weights); `-adaptive`: the network's output layer keeps
-    /// learning while each segment codes (slower).
-    #[arg(long, value_enum, default_value_t = Predictor::Mixed)]
+    /// context mixer alone (needs no weights); `-adaptive`: the network's output layer and
+    /// input embeddings keep learning while each segment codes (smaller, slower; networks up
+    /// to width 512).
+    #[arg(long, value_enum, default_value_t = Predictor::MixedAdaptive)]
     predictor: Predictor,
 }
 
@@ -328,7 +329,7 @@ impl Predictor {
             Predictor::Mixed | Predictor::MixedAdaptive => Model::Mixed,
         };
         let learning = match self {
-            Predictor::NeuralAdaptive | Predictor::MixedAdaptive => Learning::Online,
+            Predictor::NeuralAdaptive | Predictor::MixedAdaptive => Learning::Network,
             _ => Learning::Frozen,
         };
         let bytes = weights.bytes()?;

@@ -1,11 +1,13 @@
-//! Online adaptation: the network's output layer keeps learning while a segment codes.
+//! Online adaptation: the network keeps learning while a segment codes.
 //!
-//! After each token, one step of gradient descent on that token's cross-entropy moves a
-//! per-segment change of the output matrix and (by choice of `Rates`) of the output bias.
-//! The gradient of the logits is `p - onehot(token)`, and `p` is exactly the integer table the
-//! coder just used, so the step needs no float and no backward pass below the output layer:
-//! the encoder and the decoder make the same integer update on every machine. Every segment
-//! starts from zero.
+//! After each token, one step of gradient descent on that token's cross-entropy moves
+//! per-segment changes of (by choice of `Rates`) the output matrix, the output bias and the
+//! three input embeddings. The gradient of the logits is `p - onehot(token)`, and `p` is
+//! exactly the integer table the coder just used, so the output layer's step needs no float
+//! and no backward pass; the input embeddings' step passes it back through the output matrix,
+//! the final norm and the residual stream in integers (`transformer::backward`). The encoder
+//! and the decoder make the same integer update on every machine. Every segment starts from
+//! zero.
 //!
 //! Units (FORMAT.md section 3.4): the gradient is rounded to Q6, so tokens the table gives
 //! less than 2^-7 leave their rows alone and a step touches few rows (Q12 coded the same to
@@ -15,7 +17,7 @@
 
 use super::table::FreqTable;
 use super::transformer::fixed::{shift_round, QMAX};
-use super::transformer::kernels;
+use super::transformer::{kernels, Session, Transformer, INPUT_ROWS};
 use crate::data::VOCAB;
 
 /// Widest network whose output layer can learn: the view's products with the hidden row sum
@@ -36,6 +38,8 @@ pub struct Rates {
     pub matrix: Option<u32>,
     /// Of the output bias's change.
     pub bias: Option<u32>,
+    /// Of the input embeddings' change (`transformer::backward`).
+    pub inputs: Option<u32>,
 }
 
 impl Rates {
@@ -49,9 +53,11 @@ impl Rates {
     }
 
     /// Bytes of a segment's adaptation state for a network of this width: the matrix change
-    /// and its view, the bias change, the products with the view, and the hidden row.
+    /// and its view, the bias change, the products with the view, the hidden and residual
+    /// rows, and the input embeddings' change.
     pub fn memory(&self, width: usize) -> usize {
-        self.cells(width) * 6 + VOCAB * 8 + width * 2
+        let inputs = if self.inputs.is_some() { INPUT_ROWS * width * 4 } else { 0 };
+        self.cells(width) * 6 + VOCAB * 8 + width * 6 + inputs
     }
 }
 
@@ -66,9 +72,13 @@ pub struct Adapter {
     bias: Vec<i32>,
     /// The view's products with the hidden row (a buffer kept for every step).
     dot: Vec<i32>,
-    /// The hidden row and shift of the step being coded, for its update.
+    /// The hidden row and shift of the step being coded, and its residual row before the
+    /// final norm, for its update.
     hidden: Vec<i16>,
     shift: i32,
+    residual: Vec<i32>,
+    /// The nonzero gradients of the logits of that step, `(token, g)`, Q`GRAD_BITS`.
+    grads: Vec<(usize, i32)>,
 }
 
 impl Adapter {
@@ -84,13 +94,17 @@ impl Adapter {
             dot: vec![0; VOCAB],
             hidden: vec![0; width],
             shift: 0,
+            residual: vec![0; width],
+            grads: vec![],
         }
     }
 
     /// Add the segment's changes to the frozen network's logits (Q12) for the hidden row
-    /// `hidden` (x ~= hidden * 2^shift in Q12), and keep that row for `learn`.
-    pub fn adjust(&mut self, hidden: &[i16], shift: i32, logits: &mut [i32]) {
+    /// `hidden` (x ~= hidden * 2^shift in Q12), and keep that row and the residual row before
+    /// the final norm for `learn`.
+    pub fn adjust(&mut self, hidden: &[i16], shift: i32, residual: &[i32], logits: &mut [i32]) {
         self.hidden.copy_from_slice(hidden);
+        self.residual.copy_from_slice(residual);
         self.shift = shift;
         if self.rates.matrix.is_some() {
             kernels::matmul(hidden, self.width, &self.view, &mut self.dot);
@@ -103,15 +117,38 @@ impl Adapter {
         }
     }
 
-    /// One gradient step on `token`, coded with `table` (the table `adjust`'s logits gave).
-    pub fn learn(&mut self, table: &FreqTable, token: u16) {
-        let w = self.width;
+    /// A session for a segment of `tokens` tokens of `model`, its inputs learning if the
+    /// rates say so.
+    pub fn session(&self, model: &Transformer, tokens: usize) -> Session {
+        let mut session = model.session(tokens);
+        if self.rates.inputs.is_some() {
+            model.learn_inputs(&mut session);
+        }
+        session
+    }
+
+    /// One gradient step on `token`, coded with `table` (the table `adjust`'s logits gave),
+    /// by the network `model` in `session` (which does not hold `token` yet).
+    pub fn learn(&mut self, table: &FreqTable, token: u16, model: &Transformer, session: &mut Session) {
+        self.grads.clear();
         for v in 0..VOCAB {
             let target = if v == usize::from(token) { 1i64 << 24 } else { 0 };
             let g = shift_round(i64::from(table.mass(v, v + 1)) - target, 24 - GRAD_BITS);
-            if g == 0 {
-                continue;
+            if g != 0 {
+                self.grads.push((v, g));
             }
+        }
+        // The inputs' step first: it reads the output matrix, which `learn_output` leaves.
+        if let Some(rate) = self.rates.inputs {
+            model.learn_inputs_step(session, &self.grads, &self.residual, rate);
+        }
+        self.learn_output();
+    }
+
+    /// The output matrix's and bias's step from the gradients in `grads`.
+    fn learn_output(&mut self) {
+        let w = self.width;
+        for &(v, g) in &self.grads {
             if let Some(rate) = self.rates.bias {
                 self.bias[v] = self.bias[v].saturating_sub(shift_round(i64::from(g) << (24 - GRAD_BITS), rate as i32));
             }

@@ -22,21 +22,35 @@ use transformer::Transformer;
 
 /// Hashed with the weights' hash into the mixed model's id.
 const MIXED_ID: &[u8] = b"cvq mixed 4";
-/// Likewise for the predictors whose network learns while it codes; the version pins the
-/// update rule and its learning rates (`Learning::rates`, FORMAT.md section 3.4).
-const NEURAL_ADAPTIVE_ID: &[u8] = b"cvq neural-adaptive 1";
-const MIXED_ADAPTIVE_ID: &[u8] = b"cvq mixed-adaptive 2";
+/// Likewise for the predictors whose network learns while it codes, by `Learning`
+/// (`Output`, `Network`); the version pins the update rule and its learning rates
+/// (`Model::rates`, FORMAT.md section 3.4).
+const NEURAL_ADAPTIVE_ID: [&[u8]; 2] = [b"cvq neural-adaptive 1", b"cvq neural-adaptive 2"];
+const MIXED_ADAPTIVE_ID: [&[u8]; 2] = [b"cvq mixed-adaptive 2", b"cvq mixed-adaptive 3"];
 
-/// Whether the network's output layer keeps learning while a segment codes (`adapt`).
+/// What of the network keeps learning while a segment codes (`adapt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Learning {
     Frozen,
-    Online,
+    /// The output layer alone: cvq 0.3 to 0.6 wrote it; this release only reads it.
+    Output,
+    /// The output layer and the three input embeddings, through the integer backward pass
+    /// (`transformer::backward`).
+    Network,
+}
+
+impl Learning {
+    /// Index into the adaptive predictors' ids.
+    fn version(self) -> usize {
+        usize::from(self == Learning::Network)
+    }
 }
 
 /// A predictor that an earlier release wrote and this one only reads: ids are never retired.
 /// Each differs from this release's context mixer or mixed model (with the same weights and
-/// learning) in its id and its context mixer's tables alone (FORMAT.md, section 4.1).
+/// `network` learning) in its id and its context mixer's tables alone (FORMAT.md, section
+/// 4.1). The adaptive predictors whose input embeddings stay (`Learning::Output`) need no
+/// entry: they are this release's with that learning.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Earlier {
     /// Hashed alone into the context mixer's id, before the weights' id into the others'.
@@ -55,7 +69,7 @@ pub const EARLIER: [Earlier; 4] = [
     Earlier::new("cvq context-mix 1", "0.1", None, 22, 1),
     Earlier::new("cvq mixed 2", "0.1", Some(Learning::Frozen), 21, 1),
     Earlier::new("cvq mixed 3", "0.2", Some(Learning::Frozen), 19, 2),
-    Earlier::new("cvq mixed-adaptive 1", "0.3", Some(Learning::Online), 19, 2),
+    Earlier::new("cvq mixed-adaptive 1", "0.3", Some(Learning::Output), 19, 2),
 ];
 
 impl Earlier {
@@ -122,9 +136,9 @@ impl Model {
         match self {
             Model::ContextMix => Sha256::digest(context_mix::ID).into(),
             Model::Neural(t, Learning::Frozen) => t.hash,
-            Model::Neural(t, Learning::Online) => named_id(NEURAL_ADAPTIVE_ID, &t.hash),
+            Model::Neural(t, l) => named_id(NEURAL_ADAPTIVE_ID[l.version()], &t.hash),
             Model::Mixed(t, Learning::Frozen) => named_id(MIXED_ID, &t.hash),
-            Model::Mixed(t, Learning::Online) => named_id(MIXED_ADAPTIVE_ID, &t.hash),
+            Model::Mixed(t, l) => named_id(MIXED_ADAPTIVE_ID[l.version()], &t.hash),
             Model::Earlier(e, None) => Sha256::digest(e.id).into(),
             Model::Earlier(e, Some(t)) => named_id(e.id.as_bytes(), &t.hash),
         }
@@ -133,7 +147,7 @@ impl Model {
     /// Every predictor this release writes, of weights `t` (or the context mixer alone).
     pub fn all(t: Option<&Arc<Transformer>>) -> Vec<Model> {
         let mut all = vec![Model::ContextMix];
-        for l in [Learning::Frozen, Learning::Online] {
+        for l in [Learning::Frozen, Learning::Network] {
             all.extend(fits(t, l).map(|t| Model::Neural(Arc::clone(t), l)));
             all.extend(fits(t, l).map(|t| Model::Mixed(Arc::clone(t), l)));
         }
@@ -144,6 +158,9 @@ impl Model {
     /// `all`'s and the earlier releases' (ids are never retired).
     pub fn readable(t: Option<&Arc<Transformer>>) -> Vec<Model> {
         let mut readable = Model::all(t);
+        let l = Learning::Output;
+        readable.extend(fits(t, l).map(|t| Model::Neural(Arc::clone(t), l)));
+        readable.extend(fits(t, l).map(|t| Model::Mixed(Arc::clone(t), l)));
         for e in &EARLIER {
             match e.network {
                 None => readable.push(Model::Earlier(e, None)),
@@ -177,6 +194,8 @@ impl Model {
     pub fn since(&self) -> Option<&'static str> {
         match self {
             Model::Earlier(e, _) => Some(e.since),
+            Model::Neural(_, Learning::Output) => Some("0.3"),
+            Model::Mixed(_, Learning::Output) => Some("0.4"),
             _ => None,
         }
     }
@@ -186,9 +205,9 @@ impl Model {
         match self {
             Model::ContextMix => "context-mix",
             Model::Neural(_, Learning::Frozen) => "neural",
-            Model::Neural(_, Learning::Online) => "neural-adaptive",
+            Model::Neural(..) => "neural-adaptive",
             Model::Mixed(_, Learning::Frozen) => "mixed",
-            Model::Mixed(_, Learning::Online) => "mixed-adaptive",
+            Model::Mixed(..) => "mixed-adaptive",
             Model::Earlier(..) => self.base().name(),
         }
     }
@@ -217,13 +236,16 @@ impl Model {
 
     /// How the network learns while it codes: for the network alone, its output matrix and
     /// bias; in the mix, the matrix alone (the context mixer's counts already learn what the
-    /// bias would, and the two together code worse: README, "Online adaptation").
+    /// bias would, and the two together code worse: README, "Online adaptation"); with
+    /// `Learning::Network`, the input embeddings too.
     fn rates(&self) -> Option<Rates> {
-        match self {
-            Model::Neural(_, Learning::Online) => Some(Rates { matrix: Some(9), bias: Some(6) }),
-            Model::Mixed(_, Learning::Online) => Some(Rates { matrix: Some(11), bias: None }),
-            _ => None,
-        }
+        let (l, matrix, bias) = match self {
+            Model::Neural(_, l) => (l, 9, Some(6)),
+            Model::Mixed(_, l) => (l, 11, None),
+            _ => return None,
+        };
+        let inputs = (*l == Learning::Network).then_some(6);
+        (*l != Learning::Frozen).then_some(Rates { matrix: Some(matrix), bias, inputs })
     }
 
     /// Bytes a segment of `tokens` tokens holds while it codes: the context mixer's counter

@@ -19,8 +19,8 @@ impl Neural {
     /// A predictor for a segment of `tokens` tokens; with `rates`, its output layer learns
     /// as it codes (`adapt`).
     pub fn new(model: Arc<Transformer>, tokens: usize, rates: Option<Rates>) -> Neural {
-        let session = model.session(tokens);
         let adapter = rates.map(|r| Adapter::new(r, model.spec.width));
+        let session = adapter.as_ref().map_or_else(|| model.session(tokens), |a| a.session(&model, tokens));
         Neural { model, session, table: None, adapter }
     }
 
@@ -43,9 +43,9 @@ impl Neural {
         let d = model.spec.width;
         let mut freqs = vec![0u32; VOCAB];
         let rows = out.logits.chunks_exact_mut(VOCAB).zip(out.hidden.chunks_exact(d)).zip(&out.shifts);
-        for (&i, ((row, hidden), &shift)) in pending.iter().zip(rows) {
+        for ((&i, ((row, hidden), &shift)), residual) in pending.iter().zip(rows).zip(out.residual.chunks_exact(d)) {
             if let Some(a) = &mut preds[i].adapter {
-                a.adjust(hidden, shift, row);
+                a.adjust(hidden, shift, residual, row);
             }
             model.frequencies(row, &mut freqs);
             preds[i].table = Some(FreqTable::new(&freqs));
@@ -75,7 +75,7 @@ impl Predictor for Neural {
             self.table();
         }
         if let (Some(a), Some(t)) = (&mut self.adapter, &self.table) {
-            a.learn(t, token);
+            a.learn(t, token, &self.model, &mut self.session);
         }
         self.session.tokens.push(token);
         self.table = None;

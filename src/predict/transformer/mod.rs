@@ -8,6 +8,8 @@
 //! Reads like llama2.c: `Transformer` holds the prepared weights, `Session` one segment's
 //! state (its tokens and the key/value cache), `forward` runs one step for a batch of sessions.
 
+mod backward;
+pub use backward::INPUT_ROWS;
 pub(crate) mod fixed;
 pub mod kernels;
 
@@ -97,11 +99,15 @@ pub struct Transformer {
 }
 
 /// One segment's state: the tokens so far and, per layer, the keys and values of the last
-/// `context_frames + 1` frames in a ring of slots `(frame mod (K+1)) * 128 + position`.
+/// `context_frames + 1` frames in a ring of slots `(frame mod (K+1)) * 128 + position`;
+/// and, if its inputs learn (`learn_inputs`), what they have learnt.
 pub struct Session {
     pub tokens: Vec<u16>,
     keys: Vec<Cache>,
     values: Vec<Cache>,
+    /// The segment's change of the three input embeddings, Q24, `[INPUT_ROWS, width]`
+    /// (`backward`); empty while they stay.
+    inputs: Vec<i32>,
 }
 
 /// One layer's keys (or values), head by head, each head's block laid out as the attention
@@ -164,7 +170,14 @@ impl Transformer {
             tokens: Vec::with_capacity(capacity),
             keys: (0..self.spec.layers).map(|_| cache(hd.next_multiple_of(2))).collect(),
             values: (0..self.spec.layers).map(|_| cache(hd)).collect(),
+            inputs: vec![],
         }
+    }
+
+    /// Let the session's input embeddings learn while it codes (`backward`): they start
+    /// from the weights, with a change of zero.
+    pub fn learn_inputs(&self, session: &mut Session) {
+        session.inputs = vec![0; backward::INPUT_ROWS * self.spec.width];
     }
 
     /// Logits (Q12, `[batch, 1024]`) for the next token of each session, computing and caching
@@ -192,17 +205,13 @@ impl Transformer {
         let (b, d) = (sessions.len(), self.spec.width);
         let mut x = vec![0i32; b * d];
         for (s, xr) in sessions.iter().zip(x.chunks_exact_mut(d)) {
-            let p = s.tokens.len();
-            let prev = if p > 0 { usize::from(s.tokens[p - 1]) } else { BOS };
-            let same = if p >= TOKENS_PER_FRAME { usize::from(s.tokens[p - TOKENS_PER_FRAME]) } else { BOS };
-            debug_assert!(prev < INPUT_VOCAB && same < INPUT_VOCAB);
-            let rows = [
-                &self.tok_prev[prev * d..][..d],
-                &self.tok_same[same * d..][..d],
-                &self.pos[p % TOKENS_PER_FRAME * d..][..d],
-            ];
+            let [prev, same, pos] = inputs(&s.tokens);
+            let rows = [&self.tok_prev[prev * d..][..d], &self.tok_same[same * d..][..d], &self.pos[pos * d..][..d]];
             for (i, v) in xr.iter_mut().enumerate() {
                 *v = rows.iter().fold(0i32, |acc, r| acc.saturating_add(r[i]));
+            }
+            if !s.inputs.is_empty() {
+                backward::add_input_changes(&s.inputs, [prev, same, pos], xr);
             }
         }
         let windows: Vec<_> = sessions.iter().map(|s| self.window(s.tokens.len())).collect();
@@ -233,7 +242,7 @@ impl Transformer {
         for row in logits.chunks_exact_mut(VOCAB) {
             row.iter_mut().zip(&self.head_bias).for_each(|(v, &bias)| *v = v.saturating_add(bias));
         }
-        Output { logits, hidden: scratch.q, shifts: scratch.shifts }
+        Output { logits, hidden: scratch.q, shifts: scratch.shifts, residual: x }
     }
 
     #[inline(always)]
@@ -367,14 +376,28 @@ impl Transformer {
     }
 }
 
+/// The embedding rows that the element after `tokens` reads: the token before it (`tok_prev`),
+/// the token at its place in the frame before (`tok_same`), both BOS where there is none, and
+/// its place (`pos`).
+fn inputs(tokens: &[u16]) -> [usize; 3] {
+    let p = tokens.len();
+    let prev = if p > 0 { usize::from(tokens[p - 1]) } else { BOS };
+    let same = if p >= TOKENS_PER_FRAME { usize::from(tokens[p - TOKENS_PER_FRAME]) } else { BOS };
+    debug_assert!(prev < INPUT_VOCAB && same < INPUT_VOCAB);
+    [prev, same, p % TOKENS_PER_FRAME]
+}
+
 /// One forward step of a batch: the logits and the output layer's input, the normalized
-/// last hidden rows (12-bit, `x ~= hidden * 2^shift` in Q12), which online adaptation needs.
+/// last hidden rows (12-bit, `x ~= hidden * 2^shift` in Q12), and the last residual rows
+/// before that norm, which online adaptation needs.
 pub struct Output {
     /// Q12, `[batch, 1024]`.
     pub logits: Vec<i32>,
     /// `[batch, width]`.
     pub hidden: Vec<i16>,
     pub shifts: Vec<i32>,
+    /// Q12, `[batch, width]`.
+    pub residual: Vec<i32>,
 }
 
 /// Per-step buffers of a batch: normalized rows quantized for the next matrix.

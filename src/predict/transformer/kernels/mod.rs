@@ -286,11 +286,16 @@ const _: () = assert!(crate::network::spec::NORM_EPS_LOG2 <= 22);
 /// RMSNorm in Q12: `x / sqrt(mean(x^2) + 2^-16) * gain`.
 #[inline(always)]
 pub fn rms_norm(x: &[i32], gain_q12: &[i32], out: &mut [i32]) {
+    divide_products(x, gain_q12, rms(x), out);
+}
+
+/// The divisor of `rms_norm`, `isqrt(floor(sum x^2 / n) + 2^(24 - NORM_EPS_LOG2))` (Q12).
+pub fn rms(x: &[i32]) -> u64 {
     let sum: u128 = x.iter().map(|&v| (i64::from(v) * i64::from(v)) as u128).sum();
     let mean_q24 = sum / x.len() as u128 + (1 << (24 - crate::network::spec::NORM_EPS_LOG2));
     // At least 16: the mean is at least 2^(24 - NORM_EPS_LOG2) = 256; at most 2^31, the
     // mean being below 2^62.
-    divide_products(x, gain_q12, mean_q24.isqrt() as u64, out);
+    mean_q24.isqrt() as u64
 }
 
 /// See `portable::rescale`. Panics unless the slices have one length.
