@@ -4,7 +4,7 @@
 //! "Online adaptation"); it codes nothing.
 //!
 //!     cargo run --release -p cvq-train --example dynamic_eval -- \
-//!         WEIGHTS SEGMENT.npy LR [PARAMETER PREFIX...]
+//!         WEIGHTS SEGMENT.npy LR [--residual] [PARAMETER PREFIX...]
 //!
 //! Scores every frame of the segment in order, each with the K frames before it (fewer at
 //! the start, as the integer engine does), then moves the parameters whose names start with
@@ -13,6 +13,11 @@
 //! the static network's figures. Two figures: the network alone (its cross-entropy), and
 //! `mixed` with the float network's tables (rounded to the coder's integer tables) as the
 //! context mixer's prior, as `cvq bench` codes a segment (the mixer's ideal code length).
+//!
+//! `--residual`: the input embeddings (`tok_prev`, `tok_same`, `pos`) move by the gradient
+//! of the last residual stream instead of their own, as if every layer passed gradients
+//! straight through its skip connection: the step the integer engine can afford per token
+//! (FORMAT.md section 3.4), against the true gradient's ceiling.
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device};
@@ -34,14 +39,32 @@ fn integer_table(p: &[f32]) -> FreqTable {
     FreqTable::new(&freqs)
 }
 
+/// The rows each window element reads from the embedding `name` (None: not an embedding).
+fn embedding_ids(name: &str, b: &cvq_train::data::Batch) -> Option<candle_core::Tensor> {
+    match name {
+        "tok_prev" => b.prev.squeeze(0).ok(),
+        "tok_same" => b.same.squeeze(0).ok(),
+        "pos" => Some(b.pos.clone()),
+        _ => None,
+    }
+}
+
+/// The loss's gradient at the last residual stream `x` of the scored frame, `[128, d]`.
+fn residual_gradient(model: &Gpt, x: &candle_core::Tensor, b: &cvq_train::data::Batch) -> Result<candle_core::Tensor> {
+    let leaf = candle_core::Var::from_tensor(&x.detach())?;
+    let grads = model.loss_of(&model.head(leaf.as_tensor(), false, DType::F32)?, b)?.backward()?;
+    Ok(grads.get(leaf.as_tensor()).context("no gradient reaches the residual")?.squeeze(0)?)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    ensure!(args.len() >= 3, "usage: dynamic_eval WEIGHTS SEGMENT.npy LR [PARAMETER PREFIX...]");
+    ensure!(args.len() >= 3, "usage: dynamic_eval WEIGHTS SEGMENT.npy LR [--residual] [PARAMETER PREFIX...]");
     let (vm, device) = (VarMap::new(), Device::Cpu);
     let model = export::import(Path::new(&args[0]), &vm, &device)?;
     let seg = read_segment_file(Path::new(&args[1]))?;
     let lr: f64 = args[2].parse().context("LR")?;
-    let prefixes = &args[3..];
+    let residual = args.get(3).is_some_and(|a| a == "--residual");
+    let prefixes = &args[3 + usize::from(residual)..];
     let k = model.spec.context_frames;
 
     let vars = Gpt::vars(&vm);
@@ -58,7 +81,7 @@ fn main() -> Result<()> {
         let window = Window::cut(&seg.tokens, start, t - start + 1, t - start);
         let batch = HostBatch::new(&[window], t - start + 1).to_device(&device)?;
         // One forward pass gives both the tables and, for the step, the loss.
-        let logits = model.forward(&batch, false, DType::F32)?;
+        let (logits, x) = model.forward_with_residual(&batch)?;
         let probs: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits.squeeze(0)?)?.to_vec2()?;
         for (row, &token) in probs.iter().zip(&seg.tokens[t * TOKENS_PER_FRAME..(t + 1) * TOKENS_PER_FRAME]) {
             alone -= f64::from(row[usize::from(token)]).log2();
@@ -68,8 +91,14 @@ fn main() -> Result<()> {
         }
         if lr > 0.0 {
             let grads = model.loss_of(&logits, &batch)?.backward()?;
-            for (_, var) in &chosen {
-                if let Some(g) = grads.get(var.as_tensor()) {
+            for (name, var) in &chosen {
+                if residual {
+                    let Some(ids) = embedding_ids(name, &batch) else { continue };
+                    let gx = residual_gradient(&model, &x, &batch)?;
+                    let ids = ids.narrow(0, (t - start) * TOKENS_PER_FRAME, TOKENS_PER_FRAME)?;
+                    let g = var.as_tensor().zeros_like()?.index_add(&ids, &gx, 0)?;
+                    var.set(&(var.as_tensor() - (g * lr)?)?)?;
+                } else if let Some(g) = grads.get(var.as_tensor()) {
                     var.set(&(var.as_tensor() - (g * lr)?)?)?;
                 }
             }
@@ -80,7 +109,11 @@ fn main() -> Result<()> {
         "{}: {} frames, lr {lr}, adapting {}: network alone {:.4} bits/token, in the mix {:.4}",
         args[1],
         seg.frames(),
-        if prefixes.is_empty() { "everything".to_string() } else { prefixes.join(" ") },
+        match (residual, prefixes.is_empty()) {
+            (_, true) => "everything".to_string(),
+            (true, false) => format!("{} by the residual's gradient", prefixes.join(" ")),
+            (false, false) => prefixes.join(" "),
+        },
         alone / tokens,
         mixed / tokens
     );

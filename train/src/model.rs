@@ -179,7 +179,13 @@ impl Gpt {
     /// a GPU: tensor cores), everything else in the parameters' type (f32): the residual
     /// stream, norms, softmax and the loss.
     pub fn forward(&self, b: &Batch, fake_quant: bool, dtype: DType) -> Result<Tensor> {
-        self.run(b, fake_quant, dtype, None)
+        Ok(self.run(b, fake_quant, dtype, None)?.0)
+    }
+
+    /// `forward`'s logits and the last residual stream (before the final norm) of the scored
+    /// elements, `[B, N - S, d]`: `head` gives the logits from it.
+    pub fn forward_with_residual(&self, b: &Batch) -> Result<(Tensor, Tensor)> {
+        self.run(b, false, self.dtype(), None)
     }
 
     /// Each layer's attention weights, `[B, heads, W, T, (K+1) T]` (`Layout`), in float.
@@ -189,8 +195,15 @@ impl Gpt {
         Ok(weights)
     }
 
-    /// The forward pass, keeping each layer's attention weights in `keep` if given.
-    fn run(&self, b: &Batch, fake_quant: bool, dtype: DType, mut keep: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+    /// The forward pass, keeping each layer's attention weights in `keep` if given: the
+    /// logits and the last residual stream.
+    fn run(
+        &self,
+        b: &Batch,
+        fake_quant: bool,
+        dtype: DType,
+        mut keep: Option<&mut Vec<Tensor>>,
+    ) -> Result<(Tensor, Tensor)> {
         let (bsz, n) = b.prev.dims2()?;
         let (d, float) = (self.spec.width, self.dtype());
         let embed = |m: &Matrix, ids: &Tensor| -> Result<Tensor> { lookup(&m.weights(fake_quant)?, ids) };
@@ -223,9 +236,19 @@ impl Gpt {
             let h = mm(&h, &layer.up.weights(fake_quant)?)?.gelu()?;
             x = (x + mm(&h, &layer.down.weights(fake_quant)?)?)?;
         }
-        let from = b.first_scored * TOKENS_PER_FRAME;
-        let h = rms_norm(&x.narrow(1, from, n - from)?, &self.norm_out)?;
-        mm(&h, &tok_same.narrow(0, 0, VOCAB)?)?.broadcast_add(&self.head_bias)
+        let x = x.narrow(1, b.first_scored * TOKENS_PER_FRAME, n - b.first_scored * TOKENS_PER_FRAME)?;
+        Ok((self.head(&x, fake_quant, dtype)?, x))
+    }
+
+    /// Logits `[B, N, 1024]` of a last residual stream `x` `[B, N, d]`: the final norm and the
+    /// output matrix (`tok_same`'s first 1024 rows, tied) with its bias.
+    pub fn head(&self, x: &Tensor, fake_quant: bool, dtype: DType) -> Result<Tensor> {
+        let w = self.tok_same.weights(fake_quant)?.narrow(0, 0, VOCAB)?;
+        let h = rms_norm(x, &self.norm_out)?;
+        h.to_dtype(dtype)?
+            .broadcast_matmul(&w.to_dtype(dtype)?.t()?)?
+            .to_dtype(self.dtype())?
+            .broadcast_add(&self.head_bias)
     }
 
     /// Part `i` of `qkv` (`[B, N, d + 2 kv_heads head_dim]`; 0: queries, 1: keys, 2: values)
