@@ -81,7 +81,7 @@ fn norm_backward(x: &[i32], gain: &[i32], dh: &[i32], r: i128) -> Vec<i128> {
     let a: Vec<i128> = gain.iter().zip(dh).map(|(&g, &h)| i128::from(g) * i128::from(h)).collect();
     let t: i128 = x.iter().zip(&a).map(|(&x, &a)| i128::from(x) * a).sum();
     let c = ((t << 16).div_euclid(x.len() as i128 * r * r)).clamp(i64::MIN.into(), i64::MAX.into());
-    x.iter().zip(&a).map(|(&x, &a)| a - (i128::from(x) * c >> 16)).collect()
+    x.iter().zip(&a).map(|(&x, &a)| a - ((i128::from(x) * c) >> 16)).collect()
 }
 
 /// `floor(n / d)` for `d > 0`; in i64 where both fit, which is the usual case and many
