@@ -138,7 +138,8 @@ impl Adapter {
                 self.grads.push((v, g));
             }
         }
-        // The inputs' step first: it reads the output matrix, which `learn_output` leaves.
+        // The inputs' step reads the trained output matrix, not the change `learn_output`
+        // makes, so the two steps may come in either order.
         if let Some(rate) = self.rates.inputs {
             model.learn_inputs_step(session, &self.grads, &self.residual, rate);
         }

@@ -16,8 +16,8 @@ pub struct Neural {
 }
 
 impl Neural {
-    /// A predictor for a segment of `tokens` tokens; with `rates`, its output layer learns
-    /// as it codes (`adapt`).
+    /// A predictor for a segment of `tokens` tokens; with `rates`, its network learns as it
+    /// codes (`adapt`).
     pub fn new(model: Arc<Transformer>, tokens: usize, rates: Option<Rates>) -> Neural {
         let adapter = rates.map(|r| Adapter::new(r, model.spec.width));
         let session = adapter.as_ref().map_or_else(|| model.session(tokens), |a| a.session(&model, tokens));
