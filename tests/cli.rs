@@ -616,6 +616,24 @@ fn weights_given_override_the_built_in_ones_and_unknown_weights_are_named() {
     assert!(stderr(&d).contains(&expected), "{}", stderr(&d));
 }
 
+#[test]
+fn a_network_too_wide_to_adapt_is_refused_by_default_with_the_way_out() {
+    // The default predictor learns online, which networks up to width 512 can.
+    let tmp = tempfile::tempdir().unwrap();
+    let wide = tmp.path().join("wide.safetensors");
+    let spec = cvq::network::ModelSpec::new(1, 528, 2, 1, 16);
+    std::fs::write(&wide, cvq::network::Weights::random(spec, 1).unwrap().to_bytes().unwrap()).unwrap();
+    let input = tmp.path().join("3b41c0fa8959aea6c118e5714f412a2e_13");
+    std::fs::write(&input, clip_segment("3b41c0fa8959aea6c118e5714f412a2e_13", 0..2).to_npy_bytes().unwrap()).unwrap();
+    let archive = tmp.path().join("wide.cvq");
+    let refused = cvq(&["compress", p(&input), "--weights", p(&wide), "-o", p(&archive)]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("have width 528: pass --predictor mixed or neural"), "{}", stderr(&refused));
+    assert!(!archive.exists());
+    let mixed = cvq(&["compress", p(&input), "--weights", p(&wide), "--predictor", "mixed", "-o", p(&archive)]);
+    assert!(mixed.status.success(), "{}", stderr(&mixed));
+}
+
 /// Frames `frames` of the real clip as a dataset segment named `name`.
 fn clip_segment(name: &str, frames: std::ops::Range<usize>) -> cvq::data::Segment {
     let tokens = common::clip().tokens[frames.start * 128..frames.end * 128].to_vec();

@@ -336,7 +336,7 @@ impl Predictor {
         let t = weights.parse(&bytes)?;
         ensure!(
             learning == Learning::Frozen || t.spec.width <= MAX_ADAPTIVE_WIDTH,
-            "the adaptive predictors take networks up to width {MAX_ADAPTIVE_WIDTH}, and these weights have width {}",
+            "the adaptive predictors (mixed-adaptive is the default) take networks up to width {MAX_ADAPTIVE_WIDTH}, and these weights have width {}: pass --predictor mixed or neural",
             t.spec.width
         );
         Ok((kind(t, learning), Some(bytes)))
