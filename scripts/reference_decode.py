@@ -500,11 +500,14 @@ def trunc_div(n, d):
     return np.sign(n) * (np.abs(n) // d)
 
 
+def rms(x):
+    """§3.2.3: rms_norm's divisor, isqrt(floor(sum x^2 / n) + 256) (exact: Python integers)."""
+    return math.isqrt(sum(v * v for v in x.tolist()) // len(x) + 256)
+
+
 def rms_norm(x, gain):
-    """§3.2.3: sat32(trunc(x_i * g_i / isqrt(floor(sum x^2 / n) + 256)))."""
-    total = sum(v * v for v in x.tolist())  # exact: Python integers
-    r = math.isqrt(total // len(x) + 256)
-    return sat32(trunc_div(x * gain, r))
+    """§3.2.3: sat32(trunc(x_i * g_i / rms(x)))."""
+    return sat32(trunc_div(x * gain, rms(x)))
 
 
 def linear(matrix, q, sigma):
@@ -765,19 +768,24 @@ class NetworkState:
         self.kshift = np.zeros(shape, dtype=np.int64)
         self.vshift = np.zeros(shape, dtype=np.int64)
 
-    def input_rows(self, p, tokens):
-        """§3.4: the rows of the input change that element p reads."""
+    @staticmethod
+    def inputs(p, tokens):
+        """§3.2.4 step 1: the embedding rows element p reads (prev, same, position k)."""
         prev = tokens[p - 1] if p > 0 else 1024
         same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
-        return prev, 1025 + same, 2050 + p % TOKENS_PER_FRAME
+        return prev, same, p % TOKENS_PER_FRAME
+
+    def input_rows(self, p, tokens):
+        """§3.4: the rows of the input change that element p reads."""
+        prev, same, k = self.inputs(p, tokens)
+        return prev, 1025 + same, 2050 + k
 
     def step(self, p, tokens):
         """Element p: returns the Q12 logits, the last hidden row (H, sigma) and the last
         residual row x."""
         net, d, hd = self.net, self.d, self.hd
-        t, k = divmod(p, TOKENS_PER_FRAME)
-        prev = tokens[p - 1] if p > 0 else 1024
-        same = tokens[p - TOKENS_PER_FRAME] if p >= TOKENS_PER_FRAME else 1024
+        t = p // TOKENS_PER_FRAME
+        prev, same, k = self.inputs(p, tokens)
         # 1. Input: saturating adds, left to right.
         x = sat32(sat32(net.tok_prev[prev] + net.tok_same[same]) + net.pos[k])
         if self.changes is not None:  # §3.4: plus what the rows have learnt
@@ -834,7 +842,7 @@ class NetworkState:
         net, d = self.net, self.d
         dh = sat32(g @ net.tok_same[rows]).tolist()  # |g| <= 64: exact in int64
         X, G = x.tolist(), net.norm_out.tolist()
-        r = math.isqrt(sum(v * v for v in X) // d + 256)
+        r = rms(x)
         A = [gi * hi for gi, hi in zip(G, dh)]
         T = sum(xi * ai for xi, ai in zip(X, A))
         c = min(max((T << 16) // (d * r * r), -(1 << 63)), (1 << 63) - 1)

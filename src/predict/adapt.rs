@@ -198,11 +198,7 @@ mod tests {
     #[test]
     fn a_row_update_is_the_rounded_step_clamped() {
         // The rule of FORMAT.md section 3.4, written out with the engine's shift_round.
-        let mut x = 12345u64;
-        let mut next = |n: i64| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as i64 % n
-        };
+        let mut next = crate::predict::transformer::fixed::test_values(12345);
         for s in -27..=30 {
             let hidden: Vec<i16> = (0..16).map(|_| next(4095) as i16 - 2047).collect();
             let g = next(129) as i32 - 64;

@@ -106,11 +106,7 @@ mod tests {
         let spec = ModelSpec::new(1, 48, 2, 1, 64);
         let t = Transformer::new(&Weights::random(spec, 3).unwrap());
         let d = spec.width;
-        let mut x = 99u64;
-        let mut next = |n: i64| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as i64 % n
-        };
+        let mut next = super::super::fixed::test_values(99);
         for case in 0..20 {
             // Residual rows of a few units (Q12), like the trained network's.
             let residual: Vec<i32> = (0..d).map(|_| (next(1 << 15) - (1 << 14)) as i32).collect();

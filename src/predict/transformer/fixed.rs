@@ -171,6 +171,17 @@ pub fn to_fixed(v: f32, frac_bits: u32) -> i64 {
     (f64::from(v) * (1u64 << frac_bits) as f64).round() as i64
 }
 
+/// For tests: a seeded sequence of integers in `0..n` for each call with `n` (a 64-bit LCG's
+/// top bits), the same on every machine.
+#[cfg(test)]
+pub(crate) fn test_values(seed: u64) -> impl FnMut(i64) -> i64 {
+    let mut x = seed;
+    move |n| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as i64 % n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
